@@ -6,6 +6,9 @@ run behind the published pages) and ``ci`` (small, for the tests). Executed note
 output (``book/chapters/*.ipynb``, not committed); each chapter writes its results JSON to
 ``book/_build/results`` (``$SINKLENS_RESULTS_DIR``).
 
+The claims scorecard (``book/scorecard.md``) is generated from the results JSON by
+:func:`write_scorecard` at every build; the build fails when a chapter's results are missing.
+
 CLI: ``python -m sinklens.book assets | execute [--mode book|ci] [CHAPTER ...] | build``.
 """
 
@@ -15,6 +18,7 @@ import argparse
 import ast
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -25,11 +29,18 @@ ROOT = Path(__file__).resolve().parents[2]  # the repository (the package is ins
 NOTEBOOKS = ROOT / "notebooks"
 EXECUTED = ROOT / "book" / "chapters"
 RESULTS = ROOT / "book" / "_build" / "results"
+SCORECARD = "book/scorecard.md"  # relative to the book root; generated, not committed
 MODES = ("book", "ci")
+# What a book root needs besides the executed chapters (see stage_book).
+BOOK_FILES = ("_config.yml", "_toc.yml", "references.bib", "book/intro.md")
 
 
 class ChapterExecutionError(RuntimeError):
     """A chapter failed while executing; the message names the chapter and the failing cell."""
+
+
+class MissingResultsError(RuntimeError):
+    """A chapter's results JSON is missing or unreadable, so the scorecard cannot be generated."""
 
 
 def chapter_sources() -> list[Path]:
@@ -136,14 +147,18 @@ def execute_chapter(
     return output
 
 
-def execute_all(mode: str = "book", chapters: list[str] | None = None) -> list[Path]:
-    """Execute ``chapters`` (default: all) in ``mode`` into ``book/chapters``."""
+def execute_all(
+    mode: str = "book", chapters: list[str] | None = None, *, out_dir: Path = EXECUTED,
+    results_dir: Path = RESULTS,
+) -> list[Path]:
+    """Execute ``chapters`` (default: all) in ``mode`` into ``out_dir`` (default ``book/chapters``)."""
     sources = [chapter_path(c) for c in chapters] if chapters else chapter_sources()
     outputs = []
     for src in sources:
         start = time.time()
         print(f"[sinklens] executing {src.stem} ({mode} parameters)...", flush=True)
-        out = execute_chapter(src, EXECUTED / f"{src.stem}.ipynb", mode_parameters(src.stem, mode))
+        out = execute_chapter(src, Path(out_dir) / f"{src.stem}.ipynb", mode_parameters(src.stem, mode),
+                              results_dir=Path(results_dir))
         print(f"[sinklens] {src.stem} done in {time.time() - start:.0f} s", flush=True)
         outputs.append(out)
     return outputs
@@ -162,17 +177,132 @@ def fetch_assets() -> None:
     print(f"[sinklens] SmolLM2-135M ready at {models.smollm2_dir()}", flush=True)
 
 
-def build_html() -> Path:
-    """Run ``jupyter-book build`` on the executed chapters; return the index page."""
-    cmd = [sys.executable, "-m", "jupyter_book", "build", str(ROOT), "--path-output", str(ROOT / "book")]
+def _summarise(value: Any, limit: int = 6) -> str:
+    """A short human-readable rendering of a claim's measured value for the scorecard."""
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, bool) or v is None:
+            return str(v)
+        if isinstance(v, float):
+            return f"{v:.3g}"
+        if isinstance(v, (int, str)):
+            return str(v)
+        if isinstance(v, list):
+            inner = ", ".join(fmt(x) for x in v[:4]) + (", …" if len(v) > 4 else "")
+            return f"[{inner}]"
+        if isinstance(v, dict):
+            return "{…}"
+        return str(v)
+
+    if isinstance(value, dict):
+        items = [f"{k}: {fmt(v)}" for k, v in value.items() if not isinstance(v, dict)]
+        more = len(value) - len(items[:limit])
+        return "; ".join(items[:limit]) + (f"; (+{more} more in the JSON)" if more > 0 else "")
+    return fmt(value)
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ").strip() or "–"
+
+
+def write_scorecard(results_dir: Path, output: Path, chapters: list[str] | None = None) -> Path:
+    """Generate the claims scorecard page from the chapters' results JSON; return ``output``.
+
+    One row per claim: chapter, claim, source, what we measured, verdict, model, data, seeds.
+    Raises :class:`MissingResultsError` naming every chapter whose results are missing.
+    """
+    chapters = chapters or [p.stem for p in chapter_sources()]
+    missing, loaded = [], []
+    for ch in chapters:
+        path = Path(results_dir) / f"{ch}.json"
+        try:
+            loaded.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            missing.append(f"{ch} ({path}: {type(e).__name__})")
+    if missing:
+        raise MissingResultsError(
+            "Cannot generate the scorecard: results missing for " + ", ".join(missing)
+            + ". Execute the chapters first (`make chapters`, or `python -m sinklens.book execute`)."
+        )
+    counts: dict[str, int] = {}
+    rows = []
+    for res in loaded:
+        model = (res.get("model") or {}).get("description") or (res.get("model") or {}).get("name", "")
+        for c in res["claims"]:
+            counts[c["verdict"]] = counts.get(c["verdict"], 0) + 1
+            seeds = ", ".join(str(s) for s in c.get("seeds", [])) or "–"
+            rows.append("| " + " | ".join(_cell(x) for x in (
+                f"[{res['chapter']}](chapters/{res['chapter']}.ipynb)", c["claim"], c.get("source", ""),
+                _summarise(c["value"]), f"**{c['verdict']}**", model, res.get("data") or "", seeds,
+            )) + " |")
+    tally = ", ".join(f"{n} {v}" for v, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    text = "\n".join([
+        "# Claims scorecard",
+        "",
+        "Every claim the book tests, with what we measured and the verdict the chapter's code computed. "
+        "This page is generated from the chapters' results JSON (`book/_build/results/*.json`) at "
+        "every build by `sinklens.book.write_scorecard`; nothing on it is typed by hand, and the "
+        "build fails if a chapter's results are missing. Verdicts: *reproduced*, *partly*, *not "
+        "reproduced*, *not tested here* (our models or data cannot test it), *pass*/*fail* (a check "
+        "of our own code), *measured* (a number we report without a published value to compare).",
+        "",
+        f"**{len(rows)} claims from {len(loaded)} chapters:** {tally}.",
+        "",
+        "| Chapter | Claim | Source | What we measured | Verdict | Model | Data | Seeds |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ])
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    return output
+
+
+def build_html(root: Path = ROOT, results_dir: Path | None = None) -> Path:
+    """Generate the scorecard, then run ``jupyter-book build`` on ``root``; return the index page.
+
+    ``root`` holds ``_config.yml``, ``_toc.yml`` and the executed chapters in ``book/chapters``.
+    Raises :class:`MissingResultsError` (before building) when a chapter's results are missing.
+    """
+    from sinklens.plotting import CIRCUITSVIS_STATIC, circuitsvis_bundle
+
+    root = Path(root)
+    write_scorecard(Path(results_dir or root / "book" / "_build" / "results"), root / SCORECARD)
+    static = root / CIRCUITSVIS_STATIC  # the interactive views load it from here, offline
+    static.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(circuitsvis_bundle(), static)
+    cmd = [sys.executable, "-m", "jupyter_book", "build", str(root), "--path-output", str(root / "book")]
     jb = Path(sys.executable).with_name("jupyter-book")
     if jb.exists():
-        cmd = [str(jb), "build", str(ROOT), "--path-output", str(ROOT / "book")]
-    subprocess.run(cmd, check=True, cwd=ROOT)
-    index = ROOT / "book" / "_build" / "html" / "index.html"
+        cmd = [str(jb), "build", str(root), "--path-output", str(root / "book")]
+    subprocess.run(cmd, check=True, cwd=root)
+    index = root / "book" / "_build" / "html" / "index.html"
     if not index.exists():
         raise RuntimeError(f"jupyter-book finished but {index} is missing.")
     return index
+
+
+def stage_book_files(workdir: Path) -> Path:
+    """Copy what a book root needs besides the executed chapters (:data:`BOOK_FILES`) into ``workdir``."""
+    workdir = Path(workdir)
+    for name in BOOK_FILES:
+        target = workdir / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / name, target)
+    return workdir
+
+
+def stage_book(workdir: Path, mode: str = "ci") -> Path:
+    """Execute every chapter in ``mode`` and build a complete book under ``workdir``; return its html dir.
+
+    The book is built away from ``book/``, e.g. to check a CI-parameter build without touching
+    the published one.
+    """
+    workdir = stage_book_files(workdir)
+    results = workdir / "book" / "_build" / "results"
+    execute_all(mode, out_dir=workdir / "book" / "chapters", results_dir=results)
+    return build_html(workdir, results).parent
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             execute_all(args.mode, args.chapters or None)
         else:
             print(build_html())
-    except ChapterExecutionError as e:
+    except (ChapterExecutionError, MissingResultsError) as e:
         print(f"[sinklens] {e}", file=sys.stderr)
         return 1
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import matplotlib.pyplot as plt
@@ -69,3 +70,75 @@ def layer_head_heatmap(scores: np.ndarray, title: str, *, vmin: float = 0.0, vma
             ax.add_patch(plt.Rectangle((head, layer), 1, 1, fill=False, edgecolor="red", lw=1.5))
     fig.tight_layout()
     return fig
+
+
+CIRCUITSVIS_STATIC = "_static/circuitsvis/iife.js"  # where the built book serves circuitsvis's bundle
+_view_counter = 0
+
+
+def circuitsvis_bundle() -> Path:
+    """The JavaScript bundle that the installed ``circuitsvis`` package ships (``dist/cdn/iife.js``)."""
+    import circuitsvis
+
+    path = Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js"
+    if not path.exists():
+        raise FileNotFoundError(f"circuitsvis {circuitsvis.__version__} ships no {path}; reinstall it.")
+    return path
+
+
+def attention_view(
+    tokens: Sequence[str], patterns, head_names: Sequence[str], *, view: str = "AttentionHeads",
+    view_id: str | None = None,
+):
+    """An interactive circuitsvis view of ``patterns`` ``[head, q, k]`` over ``tokens``.
+
+    Returns an ``IPython.display.HTML`` that works offline in the built book: the page loads the
+    bundle from the book's own ``_static/circuitsvis/iife.js`` (copied there by
+    :func:`sinklens.book.build_html`), found through Sphinx's ``data-content_root``. In a plain
+    Jupyter session, which has no ``data-content_root``, it falls back to unpkg.com (online only).
+    The element id is ``sinklens-cv-<n>``, deterministic within a kernel session.
+    """
+    import json
+
+    import circuitsvis
+    import torch
+    from IPython.display import HTML
+
+    global _view_counter
+    pat = torch.as_tensor(np.asarray(patterns, dtype=np.float32))
+    if pat.ndim != 3 or pat.shape[1] != pat.shape[2] or pat.shape[1] != len(tokens):
+        raise ValueError(f"patterns must be [head, q, k] with q = k = len(tokens) = {len(tokens)}, "
+                         f"got shape {tuple(pat.shape)}.")
+    if len(head_names) != pat.shape[0]:
+        raise ValueError(f"{pat.shape[0]} patterns but {len(head_names)} head names.")
+    if view not in ("AttentionHeads", "AttentionPatterns"):
+        raise ValueError(f"view must be 'AttentionHeads' or 'AttentionPatterns', got {view!r}.")
+    if view_id is None:
+        _view_counter += 1
+        view_id = f"sinklens-cv-{_view_counter}"
+    props = {"attention": [[[round(float(x), 4) for x in row] for row in head] for head in pat.tolist()],
+             "tokens": list(tokens)}
+    if view == "AttentionHeads":
+        props["attentionHeadNames"] = list(head_names)
+    else:
+        props["headLabels"] = list(head_names)
+    cdn = f"https://unpkg.com/circuitsvis@{circuitsvis.__version__}/dist/cdn/iife.js"
+    script = f"""<div id="{view_id}" class="sinklens-attention-view" style="margin: 15px 0;"></div>
+<script>
+(function () {{
+  var q = window.sinklensCV = window.sinklensCV || {{queue: [], loading: false}};
+  q.queue.push(function () {{
+    CircuitsVis.render("{view_id}", CircuitsVis.{view}, {json.dumps(props)});
+  }});
+  function drain() {{ while (q.queue.length) q.queue.shift()(); }}
+  if (window.CircuitsVis) {{ drain(); return; }}
+  if (q.loading) return;
+  q.loading = true;
+  var root = document.documentElement.dataset.content_root;
+  var s = document.createElement("script");
+  s.src = root !== undefined ? root + "{CIRCUITSVIS_STATIC}" : "{cdn}";
+  s.onload = drain;
+  document.head.appendChild(s);
+}})();
+</script>"""
+    return HTML(script)
