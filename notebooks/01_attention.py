@@ -15,8 +15,11 @@
 #
 # Every later chapter reads attention patterns: which earlier token each head looks at. Before
 # trusting those patterns we write multi-head attention ourselves, from the layer's input to
-# what it adds to the residual stream, and check that it equals the model library's own
-# attention, number for number, on a real pretrained model.
+# what it adds to the residual stream {cite}`vaswani2017attention`, including rotary positions
+# {cite}`su2021roformer` and grouped-query attention {cite}`ainslie2023gqa` where the model uses
+# them, and check that it equals the model library's own attention (TransformerLens
+# {cite}`nanda2022transformerlens`), number for number, on a real pretrained model (GPT-2
+# {cite}`radford2019gpt2` online, SmolLM2 {cite}`allal2025smollm2` offline).
 
 # %% tags=["parameters"]
 model_name = "auto"  # "gpt2" online, "smollm2-135m" offline, "auto" picks
@@ -35,7 +38,7 @@ from IPython.display import Markdown, display
 
 from sinklens.attention import attention_weights, multi_head_attention
 from sinklens.models import load_model
-from sinklens.plotting import attention_heatmaps, set_style, token_labels
+from sinklens.plotting import attention_heatmaps, attention_view, set_style, token_labels
 from sinklens.provenance import ChapterResults, provenance_markdown
 
 torch.set_grad_enabled(False)
@@ -120,6 +123,43 @@ if w.b_O is not None:
     out = out + w.b_O
 
 # %% [markdown]
+# ### Exercise: the attention pattern
+#
+# Step 4 is where each head decides where to look. Write it as a function:
+# `attention_pattern(q, k)` takes queries and keys `[batch, pos, head, d_head]` (after the rotary
+# step and the grouped-query expansion) and returns the pattern `[batch, head, query, key]`: the
+# scores `q·k / sqrt(d_head)`, every key after the query masked, a softmax over the keys.
+#
+# Every chapter has exercises like this one. The solution sits in the next cell, hidden behind
+# its toggle; the cell after it checks your function against the package's own
+# (`sinklens.attention.causal_attention_pattern`) on small random inputs and edge cases, and says
+# what is wrong when it differs. `python -m sinklens.exercises student DIR` writes the chapters
+# with every solution replaced by a stub, for working through them yourself.
+
+# %% tags=["exercise", "hide-input"]
+import torch
+from torch import Tensor
+
+
+def attention_pattern(q: Tensor, k: Tensor) -> Tensor:
+    """Causal attention pattern: ``q``, ``k`` ``[batch, pos, head, d_head]`` -> ``[batch, head, q_pos, k_pos]``.
+
+    Row ``i`` is a softmax over the keys ``0..i`` of ``q_i·k_j / sqrt(d_head)``; later keys get 0.
+    """
+    # BEGIN SOLUTION
+    n, d_head = q.shape[1], q.shape[-1]
+    scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / d_head**0.5  # [batch, head, q, k]
+    future = torch.triu(torch.ones(n, n, dtype=torch.bool, device=q.device), diagonal=1)
+    return scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+    # END SOLUTION
+
+
+# %%
+from sinklens import exercises
+
+exercises.check_attention_pattern(attention_pattern)
+
+# %% [markdown]
 # ## Is it right? Compare with the model's own hooks
 #
 # The library records every intermediate value in the cache under TransformerLens hook names.
@@ -199,6 +239,14 @@ fig = attention_heatmaps(
      for l, h, kind in picks],
     labels,
 )
+
+# %% [markdown]
+# The same heads, interactive (circuitsvis {cite}`cooney2023circuitsvis`): pick a head, hover over
+# a token to see where it looks.
+
+# %%
+display(attention_view(labels, torch.stack([patterns[l, h] for l, h, _ in picks]),
+                       [f"L{l}H{h} {kind}" for l, h, kind in picks]))
 
 # %% [markdown]
 # ## Record the results

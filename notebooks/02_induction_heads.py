@@ -15,7 +15,8 @@
 #
 # An *induction head* completes patterns: when the current token `A` appeared earlier, followed
 # by `B`, it attends from the current `A` to that earlier `B`, and the model predicts `B` next.
-# Olsson et al. (2022), "In-context Learning and Induction Heads", made them famous; the blog
+# Olsson et al. (2022), "In-context Learning and Induction Heads" {cite}`olsson2022induction`
+# (building on {cite}`elhage2021framework`), made them famous; the blog
 # post this book starts from looked for them in GPT-2 small the standard way: feed the model a
 # sequence of random tokens repeated twice and measure, for every head, how much attention each
 # token of the second copy pays to the token that followed its first copy.
@@ -51,7 +52,7 @@ from sinklens import probes
 from sinklens import scores as S
 from sinklens.data import repeated_random_tokens
 from sinklens.models import load_model
-from sinklens.plotting import attention_heatmaps, layer_head_heatmap, set_style, token_labels
+from sinklens.plotting import attention_heatmaps, attention_view, layer_head_heatmap, set_style, token_labels
 from sinklens.provenance import ChapterResults, provenance_markdown
 
 torch.set_grad_enabled(False)
@@ -117,6 +118,36 @@ fig = layer_head_heatmap(induction.numpy(), f"induction score (seed {seed}, N = 
 plt.show()
 
 # %% [markdown]
+# ### Exercise: the induction score
+#
+# Write `induction_scores(pattern, n_repeat)`: `pattern` is `[..., q, k]` with any leading
+# dimensions (for example `[layer, head, q, k]`, as `patterns` above) on BOS + `R` + `R`, so
+# `q` and `k` run over `2N + 1` positions; return `[...]`, each pattern's mean of
+# `A[q, q - N + 1]` over the second copy's queries `q = N + 1 .. 2N`. The check compares it with
+# `sinklens.scores.induction_scores`.
+
+# %% tags=["exercise", "hide-input"]
+import torch
+from torch import Tensor
+
+
+def induction_scores(pattern: Tensor, n_repeat: int) -> Tensor:
+    """Induction score on BOS + R + R, ``len(R) = n_repeat = N``: ``[..., q, k]`` -> ``[...]``.
+
+    The mean over the second copy's queries ``q = N + 1 .. 2N`` of ``A[q, q - N + 1]``.
+    """
+    # BEGIN SOLUTION
+    queries = torch.arange(n_repeat + 1, 2 * n_repeat + 1)
+    return pattern[..., queries, queries - n_repeat + 1].mean(-1)
+    # END SOLUTION
+
+
+# %%
+from sinklens import exercises
+
+exercises.check_induction_scores(induction_scores)
+
+# %% [markdown]
 # ## Over many seeds
 #
 # One random sequence is one sample. We repeat the experiment with `n_seeds` seeds (the first is
@@ -179,23 +210,19 @@ if union:
 # %% [markdown]
 # ## What the induction heads look at
 #
-# The interactive view below (circuitsvis) lets you hover over tokens. **It loads its JavaScript
-# from a CDN (unpkg.com), so it renders only for readers who are online**; offline, or in a
-# static export, it shows nothing. The static figures after it carry the argument on their own.
+# The interactive view below (circuitsvis {cite}`cooney2023circuitsvis`) lets you hover over
+# tokens and pick a head. In the built book it loads its JavaScript from the book itself, so it
+# works offline; in your own Jupyter session it loads it from unpkg.com. The static figures
+# after it carry the argument on their own.
 
 # %%
 plot_heads = (mean_heads or seed_heads or [divmod(int(ind_mean.flatten().argmax()), cfg.n_heads)])[:n_heads_to_plot]
-try:
-    import circuitsvis as cv
-
-    print("heads, in order:", ", ".join(name(l, h) for l, h in plot_heads))
-    html = cv.attention.attention_patterns(
-        tokens=[tokenizer.decode([int(t)]) for t in tokens[0]],
-        attention=torch.stack([patterns[l, h] for l, h in plot_heads]),  # [head, q, k]
-    )
-    display(HTML(str(html)))
-except Exception as e:  # the static figures below do not depend on it
-    print(f"circuitsvis could not render: {type(e).__name__}: {e}")
+print("heads, in order:", ", ".join(name(l, h) for l, h in plot_heads))
+display(attention_view(
+    [tokenizer.decode([int(t)]) for t in tokens[0]],
+    torch.stack([patterns[l, h] for l, h in plot_heads]),  # [head, q, k]
+    [name(l, h) for l, h in plot_heads],
+))
 
 # %% [markdown]
 # In the static figures, queries run down and keys across, over the whole sequence (BOS, first
@@ -309,6 +336,35 @@ ax.legend(fontsize=7, loc="center right")
 plt.show()
 
 # %% [markdown]
+# ### Exercise: the duplicate-token score
+#
+# The text's formula, with the queries of the second copy only, is the duplicate-token score.
+# Write `duplicate_token_scores(pattern, n_repeat)`: `[..., q, k]` on BOS + `R` + `R` -> `[...]`,
+# the mean of `A[q, q - N]` over `q = N + 1 .. 2N`. The check compares it with
+# `sinklens.scores.duplicate_token_scores`, and tells an off-by-one apart from other mistakes.
+
+# %% tags=["exercise", "hide-input"]
+import torch
+from torch import Tensor
+
+
+def duplicate_token_scores(pattern: Tensor, n_repeat: int) -> Tensor:
+    """Duplicate-token score on BOS + R + R, ``len(R) = n_repeat = N``: ``[..., q, k]`` -> ``[...]``.
+
+    The mean over the second copy's queries ``q = N + 1 .. 2N`` of ``A[q, q - N]``.
+    """
+    # BEGIN SOLUTION
+    queries = torch.arange(n_repeat + 1, 2 * n_repeat + 1)
+    return pattern[..., queries, queries - n_repeat].mean(-1)
+    # END SOLUTION
+
+
+# %%
+from sinklens import exercises
+
+exercises.check_duplicate_token_scores(duplicate_token_scores)
+
+# %% [markdown]
 # ## Previous-token heads
 #
 # An induction head cannot find "the token after the earlier `A`" by itself: that earlier token
@@ -331,6 +387,30 @@ display(Markdown(
     + (f". {len(prev_before)} of them sit below layer {first_ind_layer}, the lowest layer with an "
        "induction head, where they can feed it." if first_ind_layer is not None else ".")
 ))
+
+# %% [markdown]
+# ### Exercise: the previous-token score
+#
+# Write `previous_token_scores(pattern)`: `[..., q, k]` -> `[...]`, the mean of `A[q, q - 1]` over
+# every query that has a previous token, `q = 1 .. L - 1`. The check compares it with
+# `sinklens.scores.previous_token_scores`.
+
+# %% tags=["exercise", "hide-input"]
+import torch
+from torch import Tensor
+
+
+def previous_token_scores(pattern: Tensor) -> Tensor:
+    """Previous-token score: ``[..., q, k]`` -> ``[...]``, the mean of ``A[q, q - 1]`` over ``q = 1 .. L - 1``."""
+    # BEGIN SOLUTION
+    return torch.diagonal(pattern, offset=-1, dim1=-2, dim2=-1).mean(-1)
+    # END SOLUTION
+
+
+# %%
+from sinklens import exercises
+
+exercises.check_previous_token_scores(previous_token_scores)
 
 # %% [markdown]
 # ## GPT-2's known induction heads

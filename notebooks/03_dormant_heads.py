@@ -16,13 +16,14 @@
 # On repeated random tokens, induction heads have a job. On ordinary text, most tokens have no
 # earlier occurrence to complete. What do the heads do then? The source blog's answer, and Guo
 # et al.'s ("Active-Dormant Attention Heads: Mechanistically Demystifying Extreme-Token
-# Phenomena in LLMs", 2024): they go *dormant*, parking their attention on the first token,
+# Phenomena in LLMs", 2024 {cite}`guo2024activedormant`): they go *dormant*, parking their attention on the first token,
 # which carries almost nothing (a small value vector), so the head adds almost nothing to the
 # residual stream.
 #
 # Guo et al. describe three "extreme-token" signatures of the sink token: it receives most of
 # the attention (attention sink), its value vectors are small (value-state drain), and its
-# residual stream has a much larger norm than other tokens' (residual-state peak). The blog says
+# residual stream has a much larger norm than other tokens' (residual-state peak; compare the
+# "massive activations" of {cite}`sun2024massive`, and the attention sinks of {cite}`xiao2024sinks`). The blog says
 # instead that the first token's residual norm is "relatively small". We measure all of them, on
 # the induction heads found afresh below, and end with a first look at whether the sink is the
 # BOS *token* or the first *position*.
@@ -57,7 +58,7 @@ from IPython.display import Markdown, display
 from sinklens import probes
 from sinklens.data import load_text_dataset, repeated_random_tokens, text_batch
 from sinklens.models import load_model
-from sinklens.plotting import attention_heatmaps, set_style, token_labels
+from sinklens.plotting import attention_heatmaps, attention_view, set_style, token_labels
 from sinklens.provenance import ChapterResults, provenance_markdown
 
 torch.set_grad_enabled(False)
@@ -184,6 +185,31 @@ display(Markdown(
 ))
 
 # %% [markdown]
+# ### Exercise: the first-token score
+#
+# The numbers above are attention to position 0, averaged over queries. Write the score behind
+# them as `first_token_scores(pattern)`: `[..., q, k]` with any leading dimensions -> `[...]`,
+# the mean of `A[q, 0]` over the queries `q = 1 .. L - 1` (query 0 can attend only to itself, so
+# it is left out). The check compares it with `sinklens.scores.first_token_scores`.
+
+# %% tags=["exercise", "hide-input"]
+import torch
+from torch import Tensor
+
+
+def first_token_scores(pattern: Tensor) -> Tensor:
+    """Sink score: ``[..., q, k]`` -> ``[...]``, the mean of ``A[q, 0]`` over the queries ``q = 1 .. L - 1``."""
+    # BEGIN SOLUTION
+    return pattern[..., 1:, 0].mean(-1)
+    # END SOLUTION
+
+
+# %%
+from sinklens import exercises
+
+exercises.check_first_token_scores(first_token_scores)
+
+# %% [markdown]
 # ### The patterns themselves
 #
 # The seed's sequence, for the strongest induction heads: the first column (position 0) is bright
@@ -204,6 +230,16 @@ fig = attention_heatmaps(
     token_labels(tokenizer, text[0, :n_show]), ncols=1, cell=5.5,
 )
 plt.show()
+
+# %% [markdown]
+# Interactive: the same heads on the first tokens of the text (pick a head; hover over a token).
+
+# %%
+display(attention_view(
+    [tokenizer.decode([int(t)]) for t in text[0, :n_show]],
+    txt_out["patterns"][0, plot_k, :n_show, :n_show],  # [head, q, k]
+    [name(*heads[k]) for k in plot_k],
+))
 
 # %% [markdown]
 # ## Value vectors: is the sink's value small?

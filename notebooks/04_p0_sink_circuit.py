@@ -16,7 +16,7 @@
 # Chapter 3 found heads that, with nothing to copy, park their attention on the first token. Here
 # we ask *how* a model recognises position 0 and turns it into a sink. The claim under test comes
 # from "How Attention Sinks Emerge in Large Language Models: An Interpretability Perspective"
-# (arXiv 2603.06591): a simple circuit recognises the token at position zero and induces the sink
+# (arXiv 2603.06591, {cite}`p0sink2026`): a simple circuit recognises the token at position zero and induces the sink
 # **within the first two transformer blocks**, **without semantic information**; in training it
 # **emerges early** and **concentrates in the first two layers**. We measure each of these on a
 # real pretrained model and on small models we train ourselves, and record a computed verdict.
@@ -44,7 +44,7 @@ from IPython.display import Markdown, display
 from sinklens import circuits
 from sinklens.data import load_text_dataset, text_batch
 from sinklens.models import load_model
-from sinklens.plotting import set_style
+from sinklens.plotting import attention_view, set_style
 from sinklens.provenance import ChapterResults, provenance_markdown
 
 torch.set_grad_enabled(False)
@@ -68,7 +68,7 @@ results = ChapterResults(
 # ## 1. Where the sink is
 #
 # For every head, the mean attention that the later tokens pay to position 0; and Gu et al.'s
-# sink metric (arXiv 2410.10781): the share of a layer's heads whose mean attention to the first
+# sink metric (arXiv 2410.10781, {cite}`gu2024sinkemerges`): the share of a layer's heads whose mean attention to the first
 # token exceeds ε.
 
 # %%
@@ -90,6 +90,19 @@ display(Markdown(
     f"The first layer where at least half the heads are sink heads is **layer {first_sink_layer}**; "
     f"layers 0-1 have sink metrics {sink[0]:.2f} and {sink[1]:.2f}. Averaged over all layers "
     f"{float(sink.mean()):.0%} of heads are sink heads."
+))
+
+# %% [markdown]
+# The strongest sink heads on the first tokens of one text window, interactive (pick a head; hover
+# over a token): almost every token's attention goes to position 0.
+
+# %%
+n_view = min(24, tokens.shape[1])
+sink_heads = [divmod(int(i), attn0.shape[1]) for i in attn0.flatten().argsort(descending=True)[:3]]
+display(attention_view(
+    [model.tokenizer.decode([int(t)]) for t in tokens[0, :n_view]],
+    torch.stack([cache["pattern", l][0, h, :n_view, :n_view] for l, h in sink_heads]),  # [head, q, k]
+    [f"L{l}H{h}" for l, h in sink_heads],
 ))
 
 # %% [markdown]
@@ -264,6 +277,48 @@ display(Markdown(
     + (" Copying P0's residual is **not** enough to make a sink elsewhere in this model. One likely "
        "reason, not tested here: with rotary positions a key also depends on where it sits." if info.positional == "rotary" and max(patched.values()) < 0.25 * clean_late else "")
 ))
+# %% [markdown]
+# ### Exercise: the P0 ablation
+#
+# Every ablation above is `sinklens.circuits.ablate_at_position`. Write the position-0 case
+# yourself: `p0_ablation(model, tokens, hook_name, mode)` runs `tokens` (`[batch, pos]`) with the
+# output at hook `hook_name` (e.g. `"blocks.0.hook_attn_out"`, `[batch, pos, d_model]`) replaced
+# **at position 0 only**: by zero (`mode="zero"`), or by its mean over the positions after the
+# first of every sequence of a clean run on the same tokens (`mode="mean"`: what an ordinary
+# position writes). It returns the logits `[batch, pos, d_vocab]` and leaves no hook behind
+# (`model.run_with_hooks` removes its hooks). The check runs it on a small, randomly initialised
+# GPT from `sinklens.model`, so it needs no trained model.
+
+# %% tags=["exercise", "hide-input"]
+import torch
+from torch import Tensor
+
+
+def p0_ablation(model, tokens: Tensor, hook_name: str, mode: str = "zero") -> Tensor:
+    """Logits ``[batch, pos, d_vocab]`` of ``tokens [batch, pos]`` with ``hook_name``'s output replaced at position 0.
+
+    ``mode="zero"``: by 0; ``mode="mean"``: by its mean over positions ``1..`` and the batch in a clean run.
+    """
+    # BEGIN SOLUTION
+    replacement = 0.0
+    if mode == "mean":
+        _, clean_cache = model.run_with_cache(tokens, names_filter=lambda name: name == hook_name)
+        replacement = clean_cache[hook_name][:, 1:].mean((0, 1))  # [d_model]
+
+    def replace_p0(activation: Tensor, hook) -> Tensor:
+        activation = activation.clone()
+        activation[:, 0] = replacement
+        return activation
+
+    return model.run_with_hooks(tokens, fwd_hooks=[(hook_name, replace_p0)])
+    # END SOLUTION
+
+
+# %%
+from sinklens import exercises
+
+exercises.check_p0_ablation(p0_ablation)
+
 # %% [markdown]
 # Last, give an ordinary position the one thing that is special about position 0: in the early
 # layers, make it attend only to itself, as position 0 must. Does it grow position 0's massive

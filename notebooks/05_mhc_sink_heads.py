@@ -13,12 +13,13 @@
 # %% [markdown]
 # # 5. Sink heads under hyper-connections: residual, HC, mHC and mHC-lite
 #
-# Manifold-constrained hyper-connections (mHC, Xie et al. 2025) widen the residual stream into
+# Manifold-constrained hyper-connections (mHC, Xie et al. 2025 {cite}`xie2025mhc`) widen the residual stream into
 # `n` parallel streams and mix them with a doubly stochastic matrix `H_res` at every sub-layer;
-# mHC-lite (Yang & Gao 2026) builds that matrix exactly as a mixture of permutations instead of
-# with Sinkhorn iterations; plain Hyper-Connections (HC, Zhu et al. 2024) leave it unconstrained
+# mHC-lite (Yang & Gao 2026 {cite}`yang2026mhclite`) builds that matrix exactly as a mixture of permutations instead of
+# with Sinkhorn iterations {cite}`sinkhorn1967`; plain Hyper-Connections (HC, Zhu et al. 2024
+# {cite}`zhu2024hyperconnections`) leave it unconstrained
 # (see `sinklens.hyperconnections`). The "MHC Interp #1" write-up (code and numbers:
-# [github.com/Realmbird/mhc-interp](https://github.com/Realmbird/mhc-interp); 36-layer,
+# [github.com/Realmbird/mhc-interp](https://github.com/Realmbird/mhc-interp) {cite}`mhcinterp2026`; 36-layer,
 # GPT-2-Large-shaped models with 720 heads, trained on Dolma) makes six claims, tested here:
 #
 # 1. Under mHC, previous-token heads and induction heads emerge in **earlier layers** than in a
@@ -71,7 +72,7 @@ from sinklens import head_ablation as ha
 from sinklens import zoo
 from sinklens.data import repeated_random_tokens
 from sinklens.hyperconnections import SCHEMES, amax_gain, doubly_stochastic_error
-from sinklens.plotting import set_style
+from sinklens.plotting import attention_view, set_style
 from sinklens.provenance import ChapterResults, provenance_markdown
 from sinklens.scores import all_head_scores, column_means
 from sinklens.train import BOS_ID, UNK_ID, get_batch, load_data
@@ -198,6 +199,22 @@ display(Markdown(
                 for k, v in present.items()) + ". Where a head type is absent, its 'top-k heads' are noise, "
     "and the claims about where they sit cannot be tested on these models."
 ))
+
+# %% [markdown]
+# The best previous-token head of each scheme (first seed) on the first tokens of one held-out
+# text window, interactive: pick a head, hover over a token to see where it looks.
+
+# %%
+n_view = min(24, text.shape[1])
+view_heads, view_names = [], []
+for scheme in SCHEMES:
+    sub = heads[(heads.scheme == scheme) & (heads.seed == seeds[0])]
+    top = sub.loc[sub.previous_token.idxmax()]
+    v_layer, v_head = int(top["layer"]), int(top["head"])  # not top.head: that is Series.head()
+    view_heads.append(per_model[scheme, seeds[0]]["patterns"][v_layer, 0, v_head, :n_view, :n_view])
+    view_names.append(f"{scheme} L{v_layer}H{v_head} prev {top['previous_token']:.2f}")
+display(attention_view(models[SCHEMES[0], seeds[0]].vocab.to_str_tokens(text[0, :n_view]),
+                       torch.stack(view_heads), view_names))
 
 # %% [markdown]
 # ## 3. Where the heads sit in depth (claims 1 and 3)
@@ -573,6 +590,73 @@ results.record(
     verdict=v_lite, source="MHC Interp #1; Yang & Gao 2026 (arXiv 2601.05732)", seeds=list(seeds),
     details="parity = |mean loss difference| <= max(2 x seed std, 0.01 nats); exact = mHC-lite deviation < 1e-5",
 )
+
+# %% [markdown]
+# ### Exercise: Sinkhorn-Knopp
+#
+# The two ways to make `H_res` doubly stochastic, written by you. First mHC's:
+# `sinkhorn_knopp(logits, n_iters=20)` takes logits `[..., n, n]` and returns `exp(logits)`
+# normalised `n_iters` times, each time first over rows (every row sums to 1) and then over
+# columns, so the last step leaves the columns summing to 1 exactly and the rows nearly. One
+# check case has logits of 100, where `exp` overflows: work in log space, as
+# `sinklens.hyperconnections.sinkhorn_knopp` does (a row normalisation of `exp(x)` is
+# `exp(log_softmax(x, dim=-1))`).
+
+# %% tags=["exercise", "hide-input"]
+import torch
+from torch import Tensor
+
+
+def sinkhorn_knopp(logits: Tensor, n_iters: int = 20) -> Tensor:
+    """``exp(logits)`` made (nearly) doubly stochastic: ``[..., n, n]`` -> ``[..., n, n]``.
+
+    ``n_iters`` times: normalise the rows, then the columns. Columns end summing to 1 exactly.
+    """
+    # BEGIN SOLUTION
+    log_m = logits
+    for _ in range(n_iters):
+        log_m = torch.log_softmax(log_m, dim=-1)  # rows sum to 1
+        log_m = torch.log_softmax(log_m, dim=-2)  # columns sum to 1
+    return log_m.exp()
+    # END SOLUTION
+
+
+# %%
+from sinklens import exercises
+
+exercises.check_sinkhorn_knopp(sinkhorn_knopp)
+
+# %% [markdown]
+# ### Exercise: a Birkhoff-von Neumann mixture
+#
+# Then mHC-lite's: `bvn_mixture(logits, n)` takes one logit per permutation of `range(n)`,
+# `[..., n!]`, in `itertools.permutations` order (index 0 is the identity), and returns
+# `sum_k softmax(logits)_k P_k`, `[..., n, n]`, where `P_k = eye(n)[list(perm_k)]` is the
+# permutation matrix whose row `i` is the unit vector `e_{perm_k[i]}`. A convex combination of
+# permutation matrices is doubly stochastic exactly (Birkhoff-von Neumann). The check compares it
+# with `sinklens.hyperconnections.birkhoff_mixture`.
+
+# %% tags=["exercise", "hide-input"]
+import itertools
+
+import torch
+from torch import Tensor
+
+
+def bvn_mixture(logits: Tensor, n: int) -> Tensor:
+    """``sum_k softmax(logits)_k P_k`` over the ``n!`` permutation matrices: ``[..., n!]`` -> ``[..., n, n]``."""
+    # BEGIN SOLUTION
+    eye = torch.eye(n, dtype=logits.dtype)
+    perms = torch.stack([eye[list(p)] for p in itertools.permutations(range(n))])  # [n!, n, n]
+    weights = torch.softmax(logits, dim=-1)  # [..., n!]
+    return torch.einsum("...k,kij->...ij", weights, perms)
+    # END SOLUTION
+
+
+# %%
+from sinklens import exercises
+
+exercises.check_bvn_mixture(bvn_mixture)
 
 # %% [markdown]
 # ## 8. The authors' released models (online readers only)

@@ -14,8 +14,8 @@
 # # 6. When do the circuits form? Induction versus BOS-attractor timing
 #
 # "When Do Attention Circuits Form? Developmental Trajectories of Capability and Attention-Sink
-# Emergence Across Three 1B-Class Architectures" (arXiv 2606.02378) screens every attention head
-# of Pythia 1B, OLMo 1B-0724 and OLMoE 1B-7B at many training checkpoints and sorts the heads into
+# Emergence Across Three 1B-Class Architectures" (arXiv 2606.02378, {cite}`circuittiming2026`) screens every attention head
+# of Pythia 1B {cite}`biderman2023pythia`, OLMo 1B-0724 and OLMoE 1B-7B at many training checkpoints and sorts the heads into
 # classes (induction, previous-token, duplicate-token, first-token/BOS attractor, self, local).
 # Its findings: **no BOS-classified heads in layers 0 and 1 at any checkpoint**; OLMo's BOS
 # fraction **jumps from 7% to 70% between two adjacent checkpoints** (117B → 264B tokens) while
@@ -131,6 +131,46 @@ display(Markdown(
     f"Across the batch the first `A` sits between positions {int(probe.first_a.min())} and "
     f"{int(probe.first_a.max())}; `A` and `B` never occur in the filler."
 ))
+
+# %% [markdown]
+# ### Exercise: the selectivity screen
+#
+# Write the screen's core, `selectivity(attn, probe, eps)`. `attn` is the query row of every head
+# on the probe, `[layer, n_seqs, head, key]` (what `S.query_attention` returns); `probe.targets()`
+# maps each class to its target keys, `[n_seqs, m]` (`m = 4` for local, else 1), and
+# `probe.random` holds each sequence's baseline keys, `[n_seqs, n_random]`. Return
+# `[class, layer, head]`, classes in the order of `S.CLASSES`: the mean over sequences of the mean
+# attention to the class's target keys, divided by the mean over sequences of the mean attention
+# to the baseline keys, the baseline floored at `eps`. The check compares it with
+# `sinklens.selectivity.selectivity` on random attention and on a head that never looks at a
+# baseline key.
+
+# %% tags=["exercise", "hide-input"]
+import torch
+from torch import Tensor
+
+
+def selectivity(attn: Tensor, probe, eps: float = 1e-12) -> Tensor:
+    """Selectivity ``[class, layer, head]`` from the query rows ``attn [layer, n_seqs, head, key]`` of a probe."""
+    # BEGIN SOLUTION
+    from sinklens.selectivity import CLASSES
+
+    n_layers, n_seqs, n_heads, _ = attn.shape
+
+    def mean_attention(keys: Tensor) -> Tensor:  # keys [n_seqs, m] -> [layer, head]
+        index = keys[None, :, None, :].expand(n_layers, n_seqs, n_heads, keys.shape[1])
+        return attn.gather(-1, index).mean(-1).mean(1)
+
+    baseline = mean_attention(probe.random).clamp_min(eps)
+    targets = probe.targets()
+    return torch.stack([mean_attention(targets[c]) / baseline for c in CLASSES])
+    # END SOLUTION
+
+
+# %%
+from sinklens import exercises
+
+exercises.check_selectivity(selectivity)
 
 # %% [markdown]
 # ## 2. Every checkpoint of every run
