@@ -66,3 +66,12 @@ def test_unwritable_cache_gives_a_clear_message(tmp_path, monkeypatch):
     monkeypatch.setenv("SINKLENS_CACHE", str(target))
     with pytest.raises(cache.CacheError, match="SINKLENS_CACHE"):
         cache.cache_dir()
+
+
+def test_a_cache_folder_without_write_permission_gives_a_clear_message(tmp_path, monkeypatch):
+    """Root ignores permission bits (the CI machine runs as root), so the permission check is
+    exercised by making os.access report the folder unwritable, as it would for a normal user."""
+    monkeypatch.setenv("SINKLENS_CACHE", str(tmp_path))
+    monkeypatch.setattr(cache.os, "access", lambda path, mode: False)
+    with pytest.raises(cache.CacheError, match="not writable.*SINKLENS_CACHE"):
+        cache.cache_dir()

@@ -198,6 +198,50 @@ def test_a_finished_run_is_never_overwritten(tmp_path):
     assert (final.read_bytes(), final.stat().st_mtime_ns) == before
 
 
+def test_a_directory_claimed_by_another_run_is_refused_before_any_checkpoint_exists(tmp_path):
+    """run.json alone (a run that has just started) is enough to keep a different run out."""
+    first = micro("residual", n_steps=6)
+    T.train(first, tmp_path, progress=False, stop_after=0)
+    for ckpt in tmp_path.glob("*.ckpt"):
+        ckpt.unlink()
+    claimed = (tmp_path / "run.json").read_text()
+    with pytest.raises(T.RunMismatchError, match="Use another --out directory"):
+        T.train(micro("residual", n_steps=6, seed=1), tmp_path, progress=False)
+    assert (tmp_path / "run.json").read_text() == claimed
+    assert not list(tmp_path.glob("*.ckpt")), "the other run wrote checkpoints into a claimed directory"
+
+
+def test_a_reader_never_sees_a_half_written_checkpoint(tmp_path):
+    """Atomic writes: while one thread rewrites a ~8 MB checkpoint again and again, another keeps
+    loading it; every load must verify (a write in place would expose truncated files)."""
+    import threading
+
+    path = tmp_path / "x.ckpt"
+    payloads = [{"w": torch.full((1024, 1024, 2), float(i))} for i in range(2)]
+    T.save_checkpoint(path, payloads[0])
+    done, errors, loads = threading.Event(), [], [0]
+
+    def reader():
+        while not done.is_set():
+            try:
+                T.load_checkpoint(path)
+                loads[0] += 1
+            except T.CheckpointError as e:
+                errors.append(str(e))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for i in range(30):
+            T.save_checkpoint(path, payloads[i % 2])
+    finally:
+        done.set()
+        thread.join()
+    assert loads[0] > 0
+    assert not errors, f"{len(errors)} of {len(errors) + loads[0]} loads saw a damaged file: {errors[0]}"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.ckpt"], "temporary files were left behind"
+
+
 def test_a_corrupt_resume_checkpoint_is_an_error_not_a_silent_restart(tmp_path):
     cfg = micro("residual")
     T.train(cfg, tmp_path, progress=False, stop_after=5)
