@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sinklens-installed
 
-.PHONY: book test setup assets zoo zoo-tiny chapters html clean bench
+.PHONY: book test setup assets zoo zoo-tiny chapters html clean bench chromium student
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,8 +37,18 @@ html: setup
 book: chapters
 	@$(PY) -m sinklens.book build | tail -n 1
 
-test: zoo-tiny
+# Debian's chromium for tests/test_browser.py (the built book opened in a headless browser);
+# installed only when no `chromium` is on PATH. Playwright drives it: no browser is downloaded.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+chromium:
+	@command -v chromium >/dev/null || ($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium)
+
+test: zoo-tiny chromium
 	$(PY) -m pytest
+
+# The chapters with every exercise solution replaced by a stub, for teaching: make student OUT=dir
+student: setup
+	$(PY) -m sinklens.exercises student $(or $(OUT),student)
 
 bench: setup
 	$(PY) benchmarks/bench_scores.py

@@ -119,6 +119,7 @@ def test_scorecard_rows_escape_pipes_and_summarise_values(tmp_path):
     (tmp_path / "01_x.json").write_text(json.dumps({"chapter": "01_x", "model": {"name": "m"}, "data": "d",
                                                     "claims": claims}))
     text = book.write_scorecard(tmp_path, tmp_path / "sc.md", chapters=["01_x"]).read_text()
-    row = [line for line in text.splitlines() if line.startswith("| [01_x]")][0]
+    row = [line for line in text.splitlines() if line.startswith("| [01](chapters/01_x.ipynb)")][0]
     assert "x \\| y" in row and "ratio: 0.123" in row and "heads: [1, 2, 3, 4, …]" in row
-    assert "(+1 more in the JSON)" in row and "**partly**" in row and "| 0, 1 |" in row
+    assert "(+1 more in the JSON)" in row and "**partly**" in row and "| m | 0, 1 |" in row
+    assert "- **01_x**: model: m; data: d." in text

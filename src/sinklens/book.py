@@ -32,7 +32,8 @@ RESULTS = ROOT / "book" / "_build" / "results"
 SCORECARD = "book/scorecard.md"  # relative to the book root; generated, not committed
 MODES = ("book", "ci")
 # What a book root needs besides the executed chapters (see stage_book).
-BOOK_FILES = ("_config.yml", "_toc.yml", "references.bib", "book/intro.md")
+BOOK_FILES = ("_config.yml", "_toc.yml", "references.bib", "book/intro.md", "book/references.md",
+              "_ext/dedupe_scripts.py")
 
 
 class ChapterExecutionError(RuntimeError):
@@ -208,7 +209,8 @@ def _cell(text: Any) -> str:
 def write_scorecard(results_dir: Path, output: Path, chapters: list[str] | None = None) -> Path:
     """Generate the claims scorecard page from the chapters' results JSON; return ``output``.
 
-    One row per claim: chapter, claim, source, what we measured, verdict, model, data, seeds.
+    One row per claim: chapter, verdict, claim, what we measured, source, model, seeds (verdict
+    early, so it stays in view on a narrow screen); each chapter's model and data above the table.
     Raises :class:`MissingResultsError` naming every chapter whose results are missing.
     """
     chapters = chapters or [p.stem for p in chapter_sources()]
@@ -225,15 +227,17 @@ def write_scorecard(results_dir: Path, output: Path, chapters: list[str] | None 
             + ". Execute the chapters first (`make chapters`, or `python -m sinklens.book execute`)."
         )
     counts: dict[str, int] = {}
-    rows = []
+    rows, legend = [], []
     for res in loaded:
-        model = (res.get("model") or {}).get("description") or (res.get("model") or {}).get("name", "")
+        model = res.get("model") or {}
+        legend.append(f"- **{res['chapter']}**: model: {model.get('description') or model.get('name', '–')}; "
+                      f"data: {(res.get('data') or '–').rstrip('.')}.")
         for c in res["claims"]:
             counts[c["verdict"]] = counts.get(c["verdict"], 0) + 1
             seeds = ", ".join(str(s) for s in c.get("seeds", [])) or "–"
             rows.append("| " + " | ".join(_cell(x) for x in (
-                f"[{res['chapter']}](chapters/{res['chapter']}.ipynb)", c["claim"], c.get("source", ""),
-                _summarise(c["value"]), f"**{c['verdict']}**", model, res.get("data") or "", seeds,
+                f"[{res['chapter'][:2]}](chapters/{res['chapter']}.ipynb)", f"**{c['verdict']}**", c["claim"],
+                _summarise(c["value"]), c.get("source", ""), model.get("name", ""), seeds,
             )) + " |")
     tally = ", ".join(f"{n} {v}" for v, n in sorted(counts.items(), key=lambda kv: -kv[1]))
     text = "\n".join([
@@ -248,8 +252,12 @@ def write_scorecard(results_dir: Path, output: Path, chapters: list[str] | None 
         "",
         f"**{len(rows)} claims from {len(loaded)} chapters:** {tally}.",
         "",
-        "| Chapter | Claim | Source | What we measured | Verdict | Model | Data | Seeds |",
-        "|---|---|---|---|---|---|---|---|",
+        "Model and data of each chapter's run:",
+        "",
+        *legend,
+        "",
+        "| Ch. | Verdict | Claim | What we measured | Source | Model | Seeds |",
+        "|---|---|---|---|---|---|---|",
         *rows,
         "",
     ])
@@ -286,7 +294,7 @@ def build_html(root: Path = ROOT, results_dir: Path | None = None) -> Path:
 def stage_book_files(workdir: Path) -> Path:
     """Copy what a book root needs besides the executed chapters (:data:`BOOK_FILES`) into ``workdir``."""
     workdir = Path(workdir)
-    for name in BOOK_FILES:
+    for name in BOOK_FILES:  # files only; a folder's files are listed one by one
         target = workdir / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(ROOT / name, target)
