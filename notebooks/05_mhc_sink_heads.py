@@ -45,6 +45,7 @@
 zoo_size = "small"  # "tiny" (CI: 2 layers) or "small" (the book: 4 layers)
 seeds = [0, 1, 2]  # training seeds per scheme
 n_seqs = 32  # held-out text windows and repeated-random-token sequences
+data_seed = 0  # seed of those windows and sequences (the models' training seeds are `seeds`)
 n_repeat = 0  # N in BOS + R + R; 0: as long as the context allows, (n_ctx - 1) // 2
 top_k = 4  # heads per type for the layer distribution (the original: 20 of 720)
 ablation_mode = "zero"  # "zero" (hook_z of the head set to 0) or "mean"
@@ -86,9 +87,9 @@ mcfg = cfg0.model
 n_layers, n_heads = mcfg.n_layers, mcfg.n_heads
 N = n_repeat or (mcfg.n_ctx - 1) // 2
 data = load_data(cfg0.data, mcfg.d_vocab)
-text_cfg = dataclasses.replace(cfg0, repeat_fraction=0.0, batch_size=n_seqs)
+text_cfg = dataclasses.replace(cfg0, repeat_fraction=0.0, batch_size=n_seqs, seed=data_seed)
 text = get_batch(text_cfg, data.val, 0, split_salt=5)  # held-out windows, BOS at position 0
-rrt = repeated_random_tokens(N, n_seqs, vocab_size=mcfg.d_vocab, bos_token_id=BOS_ID, exclude_ids=[UNK_ID], seed=0)
+rrt = repeated_random_tokens(N, n_seqs, vocab_size=mcfg.d_vocab, bos_token_id=BOS_ID, exclude_ids=[UNK_ID], seed=data_seed)
 model_description = (
     f"four GPT-2-style models trained by `sinklens.train` (zoo size `{zoo_size}`: {n_layers} layers, "
     f"d_model {mcfg.d_model}, {n_heads} heads, context {mcfg.n_ctx}, vocabulary {mcfg.d_vocab}, "
@@ -98,7 +99,7 @@ model_description = (
 )
 data_description = (
     f"{data.description} Scores use {n_seqs} held-out windows of {mcfg.n_ctx} tokens and {n_seqs} "
-    f"sequences of BOS + {N} random tokens + the same {N} again (token ids 2..{mcfg.d_vocab - 1}, seed 0)"
+    f"sequences of BOS + {N} random tokens + the same {N} again (token ids 2..{mcfg.d_vocab - 1}), data seed {data_seed}"
 )
 info = zoo.model_info(zoo_size, model_description)
 display(Markdown(provenance_markdown(info, data_description)))
@@ -106,7 +107,7 @@ results = ChapterResults(
     chapter="05_mhc_sink_heads",
     model=info.to_dict(),
     data=data.description,
-    parameters=dict(zoo_size=zoo_size, seeds=seeds, n_seqs=n_seqs, n_repeat=N, top_k=top_k,
+    parameters=dict(zoo_size=zoo_size, seeds=seeds, n_seqs=n_seqs, data_seed=data_seed, n_repeat=N, top_k=top_k,
                     ablation_mode=ablation_mode, min_prev_score=min_prev_score,
                     min_induction_score=min_induction_score, min_duplicate_score=min_duplicate_score),
 )
