@@ -87,10 +87,9 @@ def circuitsvis_bundle() -> Path:
 
 
 def attention_view(
-    tokens: Sequence[str], patterns, head_names: Sequence[str], *, view: str = "AttentionHeads",
-    view_id: str | None = None,
+    tokens: Sequence[str], patterns, head_names: Sequence[str], *, view_id: str | None = None,
 ):
-    """An interactive circuitsvis view of ``patterns`` ``[head, q, k]`` over ``tokens``.
+    """An interactive circuitsvis ``AttentionHeads`` view of ``patterns`` ``[head, q, k]`` over ``tokens``.
 
     Returns an ``IPython.display.HTML`` that works offline in the built book: the page loads the
     bundle from the book's own ``_static/circuitsvis/iife.js`` (copied there by
@@ -111,24 +110,18 @@ def attention_view(
                          f"got shape {tuple(pat.shape)}.")
     if len(head_names) != pat.shape[0]:
         raise ValueError(f"{pat.shape[0]} patterns but {len(head_names)} head names.")
-    if view not in ("AttentionHeads", "AttentionPatterns"):
-        raise ValueError(f"view must be 'AttentionHeads' or 'AttentionPatterns', got {view!r}.")
     if view_id is None:
         _view_counter += 1
         view_id = f"sinklens-cv-{_view_counter}"
     props = {"attention": [[[round(float(x), 4) for x in row] for row in head] for head in pat.tolist()],
-             "tokens": list(tokens)}
-    if view == "AttentionHeads":
-        props["attentionHeadNames"] = list(head_names)
-    else:
-        props["headLabels"] = list(head_names)
+             "tokens": list(tokens), "attentionHeadNames": list(head_names)}
     cdn = f"https://unpkg.com/circuitsvis@{circuitsvis.__version__}/dist/cdn/iife.js"
     script = f"""<div id="{view_id}" class="sinklens-attention-view" style="margin: 15px 0;"></div>
 <script>
 (function () {{
   var q = window.sinklensCV = window.sinklensCV || {{queue: [], loading: false}};
   q.queue.push(function () {{
-    CircuitsVis.render("{view_id}", CircuitsVis.{view}, {json.dumps(props)});
+    CircuitsVis.render("{view_id}", CircuitsVis.AttentionHeads, {json.dumps(props)});
   }});
   function drain() {{ while (q.queue.length) q.queue.shift()(); }}
   if (window.CircuitsVis) {{ drain(); return; }}
