@@ -31,7 +31,8 @@ EXECUTED = ROOT / "book" / "chapters"
 RESULTS = ROOT / "book" / "_build" / "results"
 SCORECARD = "book/scorecard.md"  # relative to the book root; generated, not committed
 MODES = ("book", "ci")
-# What a book root needs besides the executed chapters (see stage_book).
+# What a book root needs besides the executed chapters (see stage_book_files; the tests stage
+# a CI-parameter book in a temporary folder with it).
 BOOK_FILES = ("_config.yml", "_toc.yml", "references.bib", "book/intro.md", "book/references.md",
               "_ext/dedupe_scripts.py")
 
@@ -299,18 +300,6 @@ def stage_book_files(workdir: Path) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(ROOT / name, target)
     return workdir
-
-
-def stage_book(workdir: Path, mode: str = "ci") -> Path:
-    """Execute every chapter in ``mode`` and build a complete book under ``workdir``; return its html dir.
-
-    The book is built away from ``book/``, e.g. to check a CI-parameter build without touching
-    the published one.
-    """
-    workdir = stage_book_files(workdir)
-    results = workdir / "book" / "_build" / "results"
-    execute_all(mode, out_dir=workdir / "book" / "chapters", results_dir=results)
-    return build_html(workdir, results).parent
 
 
 def main(argv: list[str] | None = None) -> int:
