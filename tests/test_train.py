@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -293,3 +294,44 @@ def test_zoo_trains_once_then_loads_checkpoints_into_run_with_cache(monkeypatch)
     _assert_bitwise_equal(checkpoints[-1][2].state_dict(), model.state_dict())
     history = zoo.training_history("mhc", "micro", progress=False)
     assert len(history["loss"]) == 12 and history["val_loss"] > 0
+
+
+# --- devices -------------------------------------------------------------------------------------
+
+
+def test_device_is_checked_and_part_of_the_run_id_except_for_the_cpu():
+    cfg = micro()
+    assert cfg.device == "cpu" and cfg.n_tokens == 24 * 4 * 16
+    assert dataclasses.replace(cfg, device="cuda").run_id() != cfg.run_id()
+    # runs trained before the `device` field existed keep their ids, so their cached checkpoints stay valid
+    assert zoo.config("residual", "small", 0).run_id() == "759c931262"
+    with pytest.raises(ValueError, match="device must be"):
+        micro(device="tpu")
+
+
+def test_a_gpu_run_on_a_machine_without_one_is_a_clear_error_but_a_finished_one_loads(tmp_path, monkeypatch):
+    assert zoo.config("mhc", "medium").device == "cuda"
+    finished = T.train(micro("residual", n_steps=3), tmp_path / "cpu", progress=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="configured to train on a CUDA GPU"):
+        T.train(micro("residual", n_steps=3, device="cuda"), tmp_path / "gpu", progress=False)
+    assert not list((tmp_path / "gpu").glob("*.ckpt"))
+    # a finished run is returned without training, whatever its device (here: patch the stored config)
+    gpu_cfg = micro("residual", n_steps=3, device="cuda")
+    state = T.load_checkpoint(finished)
+    state.update(run_id=gpu_cfg.run_id(), config=gpu_cfg.to_dict())
+    (tmp_path / "gpu2").mkdir()
+    (tmp_path / "gpu2" / "run.json").write_text(json.dumps({"run_id": gpu_cfg.run_id(), "config": gpu_cfg.to_dict()}))
+    T.save_checkpoint(tmp_path / "gpu2" / "final.ckpt", state)
+    assert T.train(gpu_cfg, tmp_path / "gpu2", progress=False) == tmp_path / "gpu2" / "final.ckpt"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_gpu_run_starts_from_the_cpu_initial_weights_and_loads_on_the_cpu(tmp_path):
+    cfg = micro("mhc", n_steps=6, device="cuda")
+    T.train(cfg, tmp_path, progress=False)
+    cpu_init = T.load_checkpoint(T.train(micro("mhc", n_steps=6), tmp_path / "cpu", progress=False).parent / "step_000000.ckpt")
+    gpu_init = T.load_checkpoint(tmp_path / "step_000000.ckpt")
+    _assert_bitwise_equal(gpu_init["model"], cpu_init["model"])
+    model = T.model_from_checkpoint(T.load_checkpoint(tmp_path / "final.ckpt"))
+    assert next(model.parameters()).device.type == "cpu"

@@ -1,4 +1,4 @@
-"""Train a :class:`sinklens.model.GPT` on CPU, deterministically, with checkpoints along the way.
+"""Train a :class:`sinklens.model.GPT` on CPU (or a CUDA GPU), deterministically, with checkpoints along the way.
 
 Data and tokeniser
 ------------------
@@ -29,6 +29,12 @@ Training uses ``TrainConfig.threads`` torch threads (default 1): float sums can 
 thread count, and these small models' many small operations gain little from a second thread
 (and lose a lot when other processes compete for the cores); run two trainings at once
 instead (``python -m sinklens.zoo --jobs 2``).
+
+``TrainConfig.device = "cuda"`` trains on a GPU (the zoo's ``medium`` size), with TF32 matrix
+products. The initial weights
+and the batches are the same as on the CPU; the float results are not, and a GPU run is not
+guaranteed bitwise reproducible, so the device is part of the run id. Checkpoints hold CPU
+tensors either way: a GPU run's checkpoints load on a machine without one.
 
 A run directory holds ``run.json`` (its config), model snapshots ``step_000000.ckpt``... at
 log-spaced steps (step 0 and many early ones, for emergence analyses), ``resume.ckpt`` (model,
@@ -97,6 +103,7 @@ class TrainConfig:
     resume_every: int = 100  # steps between resume checkpoints
     log_every: int = 10  # steps between Amax-gain measurements (multi-stream schemes)
     threads: int = 1  # torch intra-op threads; part of the config because results depend on it
+    device: str = "cpu"  # "cpu" or "cuda": float results differ between them, so it is part of the run
     name: str = "custom"
 
     def __post_init__(self) -> None:
@@ -110,6 +117,13 @@ class TrainConfig:
             raise ValueError("n_steps and batch_size must be >= 1.")
         if self.model.n_ctx < 8:
             raise ValueError("n_ctx must be at least 8.")
+        if self.device.split(":")[0] not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda' (or 'cuda:N'), got {self.device!r}.")
+
+    @property
+    def n_tokens(self) -> int:
+        """Training tokens of the whole run: ``n_steps * batch_size * n_ctx``."""
+        return self.n_steps * self.batch_size * self.model.n_ctx
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -127,6 +141,8 @@ class TrainConfig:
         except its display name."""
         d = self.to_dict()
         d.pop("name")
+        if d["device"] == "cpu":  # added after the first runs: CPU runs keep their ids
+            d.pop("device")
         d["code_version"] = CODE_VERSION
         d["dataset_version"] = DATASET_VERSION
         blob = json.dumps(d, sort_keys=True).encode()
@@ -333,7 +349,7 @@ def load_checkpoint(path: Path) -> dict:
             f"{path} is corrupt or truncated: its sha256 does not match the one stored in it. "
             "Delete it to retrain (sinklens never loads a damaged checkpoint)."
         )
-    return torch.load(io.BytesIO(body), weights_only=True)
+    return torch.load(io.BytesIO(body), weights_only=True, map_location="cpu")
 
 
 def model_from_checkpoint(payload: dict) -> GPT:
@@ -377,7 +393,9 @@ def evaluate(model: GPT, cfg: TrainConfig, stream: np.ndarray, n_batches: int = 
     plain = dataclasses.replace(cfg, repeat_fraction=0.0)
     was_training = model.training
     model.eval()
-    losses = [model(get_batch(plain, stream, i, split_salt=1), return_type="loss").item() for i in range(n_batches)]
+    device = next(model.parameters()).device
+    losses = [model(get_batch(plain, stream, i, split_salt=1).to(device), return_type="loss").item()
+              for i in range(n_batches)]
     model.train(was_training)
     return float(np.mean(losses))
 
@@ -388,7 +406,7 @@ def train(cfg: TrainConfig, out: Path | str, progress: bool = True, stop_after: 
     ``stop_after``: stop (with a resume checkpoint) once this many steps are done; for tests.
     """
     out = Path(out)
-    threads = torch.get_num_threads()
+    threads, tf32 = torch.get_num_threads(), torch.backends.cuda.matmul.allow_tf32
     try:
         # one process at a time per run directory: a second one waits, then finds the result
         # (the kernel drops the lock of a process that dies)
@@ -396,6 +414,7 @@ def train(cfg: TrainConfig, out: Path | str, progress: bool = True, stop_after: 
             return _train(cfg, out, progress, stop_after)
     finally:
         torch.set_num_threads(threads)
+        torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 def _train(cfg: TrainConfig, out: Path, progress: bool, stop_after: int | None) -> Path:
@@ -405,12 +424,22 @@ def _train(cfg: TrainConfig, out: Path, progress: bool, stop_after: int | None) 
         done = load_checkpoint(final_path)
         if done["run_id"] != cfg.run_id():
             raise RunMismatchError(f"{final_path} belongs to run {done['run_id']}, not {cfg.run_id()}.")
-        return final_path
+        return final_path  # a finished GPU run loads on any machine
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"{cfg.name} seed {cfg.seed} is configured to train on a CUDA GPU (device={cfg.device!r}), and "
+            f"this machine has none. Train it on a GPU machine and copy its run directory ({out.name}) "
+            "into this cache's zoo/ folder, or use a CPU size (tiny, small)."
+        )
 
+    device = torch.device(cfg.device)
     data = load_data(cfg.data, cfg.model.d_vocab)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    model = GPT(cfg.model)
+    model = GPT(cfg.model)  # initialised on the CPU: the same initial weights on every device
+    model.to(device)
+    if device.type == "cuda":  # TF32 matrix products on the GPU (restored by train())
+        torch.backends.cuda.matmul.allow_tf32 = True
     model.train()
     # weight decay on Linear / Embedding matrices only, never on the connection weights
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and n.endswith("weight")]
@@ -437,7 +466,7 @@ def _train(cfg: TrainConfig, out: Path, progress: bool, stop_after: int | None) 
             "config": cfg.to_dict(),
             "step": step,
             "tokens_seen": step * cfg.batch_size * cfg.model.n_ctx,
-            "model": model.state_dict(),
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "gpt2_ids": data.gpt2_ids,
         }
         if with_training_state:
@@ -457,7 +486,7 @@ def _train(cfg: TrainConfig, out: Path, progress: bool, stop_after: int | None) 
         lr = lr_at(cfg, step)
         for group in opt.param_groups:
             group["lr"] = lr
-        batch = get_batch(cfg, data.train, step)
+        batch = get_batch(cfg, data.train, step).to(device)
         measure = multi_stream and (step % cfg.log_every == 0 or step == cfg.n_steps - 1)
         hooks = [(lambda name: name.endswith("hook_h_res"), _amax_hook(h_res_store))] if measure else []
         with model.hooks(fwd_hooks=hooks):
