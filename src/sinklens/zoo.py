@@ -6,6 +6,9 @@ Sizes (all GPT-2-style, see :mod:`sinklens.model`; data and tokeniser in :mod:`s
   For CI and tests.
 - ``small``: 4 layers, d_model 128, 4 heads, context 128, vocab 4096, 2000 steps of 16 x 128
   tokens (4.1M tokens). For the book.
+- ``medium``: 6 layers, d_model 256, 8 heads, context 256, vocab 4096, 3000 steps of 64 x 256
+  tokens (49M tokens), trained on a CUDA GPU (``device="cuda"``; a CPU-only machine gets a clear
+  error). For the scale study (``scripts/scale_study.py``): do the heads the CPU sizes lack form?
 
 Every size exists for each scheme in :data:`sinklens.hyperconnections.SCHEMES` (multi-stream
 schemes use n = 4 streams) and any seed; :data:`SEEDS` are the ones the book uses. Runs live in
@@ -49,6 +52,16 @@ SIZES: dict[str, dict] = {
         warmup_steps=100,
         n_snapshots=24,
         resume_every=100,
+    ),
+    "medium": dict(
+        model=dict(n_layers=6, d_model=256, n_heads=8, n_ctx=256, d_vocab=4096),
+        batch_size=64,
+        n_steps=3000,
+        lr=1e-3,
+        warmup_steps=150,
+        n_snapshots=24,
+        resume_every=500,
+        device="cuda",
     ),
 }
 
