@@ -42,7 +42,7 @@
 # says what would be needed.
 
 # %% tags=["parameters"]
-zoo_size = "small"  # "tiny" (CI: 2 layers) or "small" (the book: 4 layers)
+zoo_size = "small"  # "tiny" (CI: 2 layers), "small" (the book: 4 layers) or "medium" (6 layers, needs a CUDA GPU)
 seeds = [0, 1, 2]  # training seeds per scheme
 n_seqs = 32  # held-out text windows and repeated-random-token sequences
 data_seed = 0  # seed of those windows and sequences (the models' training seeds are `seeds`)
@@ -111,17 +111,22 @@ results = ChapterResults(
                     ablation_mode=ablation_mode, min_prev_score=min_prev_score,
                     min_induction_score=min_induction_score, min_duplicate_score=min_duplicate_score),
 )
-if zoo_size != "small":
+if zoo_size == "tiny":
     display(Markdown(
         f"> **This is the CI run**: zoo size `{zoo_size}` ({n_layers} layers), seeds {seeds}. The book "
         "runs the 4-layer `small` models with seeds [0, 1, 2]. Numbers on this page are from the smaller run."))
+elif zoo_size != "small":
+    display(Markdown(
+        f"> **Zoo size `{zoo_size}`** ({n_layers} layers, trained on `{cfg0.device}`), seeds {seeds}: not the "
+        "book's default run (`small`, seeds [0, 1, 2]). Numbers on this page are from this run."))
 
 # %% [markdown]
 # ## 1. The models
 #
 # Every scheme gets the same GPT (same width, heads, MLP, vocabulary), the same data stream and
 # the same number of steps; the multi-stream schemes add only their small connection modules.
-# Missing models are trained first (a few minutes each on a CPU for `small`).
+# Missing models are trained first (a few minutes each on a CPU for `small`; `medium` needs a
+# CUDA GPU and takes a few minutes per model there).
 
 # %%
 models, histories = {}, {}
@@ -752,6 +757,30 @@ if released_models:
         del net
     display(pd.DataFrame(released).T.style.format("{:.2f}").set_caption(
         "The authors' 781M models: median layer of the top-20 heads (of 36 layers), and ρ(prev-token, ablation)"))
+
+# %% [markdown]
+# ## Scaling up
+#
+# Claims 1 to 4 need previous-token, induction and duplicate-token heads, and a model deep enough
+# to place them at different depths. The zoo has a larger size, `medium`, that trains on a CUDA GPU.
+
+# %%
+def zoo_size_sentence(size: str) -> str:
+    """One line on a zoo size's model and budget, read from its config."""
+    c = zoo.config("residual", size)
+    m = c.model
+    return (f"`{size}`: {m.n_layers} layers of {m.n_heads} heads, d_model {m.d_model}, context {m.n_ctx}, "
+            f"{c.n_steps} steps of {c.batch_size} × {m.n_ctx} = {c.n_tokens / 1e6:.1f}M tokens per model "
+            f"({c.n_tokens / cfg0.n_tokens:.2g}× this page's budget), trained on `{c.device}`")
+
+
+display(Markdown(
+    "\n".join(f"- {zoo_size_sentence(size)}" for size in ("small", "medium")) + "\n\n"
+    + ("This page ran on the `medium` zoo." if zoo_size == "medium" else
+       "Execute this chapter with `zoo_size=\"medium\"` on a machine with a GPU, or train and score that zoo "
+       "with `scripts/scale_study.py` (see its docstring). This page holds no `medium` results: whether "
+       "the heads form at that size is for that run to show.")
+))
 
 # %% [markdown]
 # ## Summary

@@ -30,7 +30,7 @@
 # recorded as "not tested here" or "not reproduced", with what we saw.
 
 # %% tags=["parameters"]
-zoo_size = "small"  # our trained models: "tiny" (CI) or "small" (the book)
+zoo_size = "small"  # our trained models: "tiny" (CI), "small" (the book) or "medium" (needs a CUDA GPU)
 zoo_seeds = [0, 1, 2]
 schemes = ["residual", "hc", "mhc", "mhc-lite"]
 n_probe_seqs = 256  # the paper: 2000 sequences
@@ -76,7 +76,8 @@ probe = S.probe_batch(
     n_probe_seqs, mcfg.n_ctx, (vocab_lo, vocab_hi or mcfg.d_vocab), probe_seed, bos_id=BOS_ID, n_random=n_random
 )
 model_description = (
-    f"sinklens zoo `{zoo_size}` GPTs trained by us on a CPU ({n_layers} layers, d_model {mcfg.d_model}, "
+    f"sinklens zoo `{zoo_size}` GPTs trained by us on a {'GPU' if cfg0.device.startswith('cuda') else 'CPU'} "
+    f"({n_layers} layers, d_model {mcfg.d_model}, "
     f"{n_heads} heads per layer = {n_layers * n_heads} heads, context {mcfg.n_ctx}, vocabulary {mcfg.d_vocab}, "
     f"learned absolute positions), residual schemes {', '.join(schemes)}, seeds {zoo_seeds}; "
     f"{cfg0.n_steps} steps of {cfg0.batch_size} × {mcfg.n_ctx} = {total_tokens:,} training tokens each. "
@@ -481,6 +482,12 @@ comparison = pd.DataFrame([
      "verdict": "not tested here"},
 ]).set_index("finding")
 display(comparison.style.set_caption("The paper's numbers next to ours"))
+
+# %% [markdown]
+# Bigger models of our own: the zoo's `medium` size (deeper, wider, longer context and a larger
+# training budget than `small`; chapter 5's "Scaling up" lists both) trains on a CUDA GPU.
+# Execute this chapter with `zoo_size="medium"` on a machine with one, or use
+# `scripts/scale_study.py`, which trains that zoo and screens every checkpoint.
 
 # %% [markdown]
 # ## 5. Online readers: the same screen on Pythia checkpoints
