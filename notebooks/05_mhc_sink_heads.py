@@ -764,7 +764,7 @@ if released_models:
 # Claims 1 to 4 need previous-token, induction and duplicate-token heads, and a model deep enough
 # to place them at different depths. The zoo has a larger size, `medium`, that trains on a CUDA GPU.
 
-# %%
+# %% tags=["hide-input"]
 def zoo_size_sentence(size: str) -> str:
     """One line on a zoo size's model and budget, read from its config."""
     c = zoo.config("residual", size)
