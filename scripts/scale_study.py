@@ -45,7 +45,10 @@ CANDIDATES = {  # for `calibrate`: the zoo's small model with a bigger batch, an
 
 
 def calibrate(out: Path, n_steps: int = 300, copies: int = 12) -> None:
-    """Steps/s of each candidate and scheme, with ``copies`` trainings sharing the GPU."""
+    """Steps/s of each candidate and scheme, with ``copies`` trainings sharing the GPU.
+
+    Each rate is ``n_steps`` over the process's whole wall time, start-up (imports, data) included.
+    """
     jobs = []
     names = [(c, s) for c in CANDIDATES for s in SCHEMES]
     for i in range(copies):
@@ -60,8 +63,9 @@ def calibrate(out: Path, n_steps: int = 300, copies: int = 12) -> None:
     rows = []
     for cand, scheme, t0, proc in jobs:
         text = proc.communicate()[0]
-        rows.append(dict(candidate=cand, scheme=scheme, rc=proc.returncode, seconds=time.perf_counter() - t0,
-                         steps_per_s=n_steps / (time.perf_counter() - t0), tail=text.strip()[-200:]))
+        seconds = time.perf_counter() - t0
+        rows.append(dict(candidate=cand, scheme=scheme, rc=proc.returncode, seconds=seconds,
+                         steps_per_s=n_steps / seconds, tail=text.strip()[-200:]))
         print(json.dumps(rows[-1]), flush=True)
     (out / "calibration.json").write_text(json.dumps(rows, indent=1))
 

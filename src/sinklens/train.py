@@ -31,10 +31,9 @@ thread count, and these small models' many small operations gain little from a s
 instead (``python -m sinklens.zoo --jobs 2``).
 
 ``TrainConfig.device = "cuda"`` trains on a GPU (the zoo's ``medium`` size), with TF32 matrix
-products. The initial weights
-and the batches are the same as on the CPU; the float results are not, and a GPU run is not
-guaranteed bitwise reproducible, so the device is part of the run id. Checkpoints hold CPU
-tensors either way: a GPU run's checkpoints load on a machine without one.
+products. The initial weights and the batches are the same as on the CPU; the float results are
+not, and a GPU run is not guaranteed bitwise reproducible, so the device is part of the run id.
+Checkpoints hold CPU tensors either way: a GPU run's checkpoints load on a machine without one.
 
 A run directory holds ``run.json`` (its config), model snapshots ``step_000000.ckpt``... at
 log-spaced steps (step 0 and many early ones, for emergence analyses), ``resume.ckpt`` (model,
