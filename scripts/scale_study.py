@@ -5,8 +5,11 @@ zoo's models. In the CPU-sized ``small`` zoo none of the first three form, so mo
 "not tested here". This script is the larger run, for a machine with a CUDA GPU:
 
     python scripts/scale_study.py calibrate --out DIR     # steps/s of candidate configs, 12 at once
-    python -m sinklens.zoo --size medium --jobs 12        # train the medium zoo (device "cuda")
+    python -m sinklens.zoo --size medium --jobs 2         # train the medium zoo (device "cuda")
     python scripts/scale_study.py analyse --size medium --out DIR
+
+These models are too small to keep a GPU busy, and processes sharing one GPU take turns: on an
+H100, four trainings at once went no faster in total than two (see the notes on issue #6).
 
 ``analyse`` scores every saved checkpoint of every (scheme, seed) run of a size with the same
 package functions the chapters use (``scores.all_head_scores``, ``selectivity.screen``,
@@ -44,7 +47,7 @@ CANDIDATES = {  # for `calibrate`: the zoo's small model with a bigger batch, an
 }
 
 
-def calibrate(out: Path, n_steps: int = 300, copies: int = 12) -> None:
+def calibrate(out: Path, n_steps: int = 300, copies: int = 12, device: str = "cuda") -> None:
     """Steps/s of each candidate and scheme, with ``copies`` trainings sharing the GPU.
 
     Each rate is ``n_steps`` over the process's whole wall time, start-up (imports, data) included.
@@ -55,17 +58,22 @@ def calibrate(out: Path, n_steps: int = 300, copies: int = 12) -> None:
         cand, scheme = names[i % len(names)]
         spec = dict(CANDIDATES[cand])
         cfg = TrainConfig(model=GPTConfig(**spec["model"], residual=scheme), batch_size=spec["batch_size"],
-                          n_steps=n_steps, device="cuda", seed=100 + i, name=f"cal-{cand}-{scheme}", n_snapshots=4,
+                          n_steps=n_steps, device=device, seed=100 + i, name=f"cal-{cand}-{scheme}", n_snapshots=4,
                           resume_every=n_steps)
         cmd = [sys.executable, "-m", "sinklens.train", "--config", json.dumps(cfg.to_dict()),
                "--out", str(out / f"cal{i}"), "--no-progress"]
         jobs.append((cand, scheme, time.perf_counter(), subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)))
+    finished: dict[int, float] = {}
+    while len(finished) < len(jobs):  # note each process's end as it happens, not when we get to it
+        for i, (_, _, _, proc) in enumerate(jobs):
+            if i not in finished and proc.poll() is not None:
+                finished[i] = time.perf_counter()
+        time.sleep(0.2)
     rows = []
-    for cand, scheme, t0, proc in jobs:
-        text = proc.communicate()[0]
-        seconds = time.perf_counter() - t0
+    for i, (cand, scheme, t0, proc) in enumerate(jobs):
+        seconds = finished[i] - t0
         rows.append(dict(candidate=cand, scheme=scheme, rc=proc.returncode, seconds=seconds,
-                         steps_per_s=n_steps / seconds, tail=text.strip()[-200:]))
+                         steps_per_s=n_steps / seconds, tail=proc.stdout.read().strip()[-200:]))
         print(json.dumps(rows[-1]), flush=True)
     (out / "calibration.json").write_text(json.dumps(rows, indent=1))
 
@@ -157,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("calibrate")
     c.add_argument("--out", type=Path, required=True)
     c.add_argument("--steps", type=int, default=300)
+    c.add_argument("--copies", type=int, default=12, help="trainings at once")
+    c.add_argument("--device", default="cuda")
     a = sub.add_parser("analyse")
     a.add_argument("--size", default="medium")
     a.add_argument("--seeds", nargs="*", type=int, default=list(zoo.SEEDS))
@@ -167,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.cmd == "calibrate":
         args.out.mkdir(parents=True, exist_ok=True)
-        calibrate(args.out, args.steps)
+        calibrate(args.out, args.steps, args.copies, args.device)
     elif args.cmd == "analyse":
         args.out.mkdir(parents=True, exist_ok=True)
         summarise(analyse(args.size, args.seeds, args.schemes, args.out))
