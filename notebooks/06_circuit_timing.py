@@ -70,7 +70,7 @@ set_style()
 cfg0 = zoo.config(schemes[0], zoo_size, zoo_seeds[0])
 mcfg = cfg0.model
 n_layers, n_heads = mcfg.n_layers, mcfg.n_heads
-total_tokens = cfg0.n_steps * cfg0.batch_size * mcfg.n_ctx
+total_tokens = cfg0.n_tokens
 corpus = load_data(cfg0.data, mcfg.d_vocab)
 probe = S.probe_batch(
     n_probe_seqs, mcfg.n_ctx, (vocab_lo, vocab_hi or mcfg.d_vocab), probe_seed, bos_id=BOS_ID, n_random=n_random

@@ -120,9 +120,14 @@ class TrainConfig:
             raise ValueError(f"device must be 'cpu' or 'cuda' (or 'cuda:N'), got {self.device!r}.")
 
     @property
+    def tokens_per_step(self) -> int:
+        """Training tokens per step: ``batch_size * n_ctx``."""
+        return self.batch_size * self.model.n_ctx
+
+    @property
     def n_tokens(self) -> int:
-        """Training tokens of the whole run: ``n_steps * batch_size * n_ctx``."""
-        return self.n_steps * self.batch_size * self.model.n_ctx
+        """Training tokens of the whole run: ``n_steps * tokens_per_step``."""
+        return self.n_steps * self.tokens_per_step
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -464,7 +469,7 @@ def _train(cfg: TrainConfig, out: Path, progress: bool, stop_after: int | None) 
             "run_id": cfg.run_id(),
             "config": cfg.to_dict(),
             "step": step,
-            "tokens_seen": step * cfg.batch_size * cfg.model.n_ctx,
+            "tokens_seen": step * cfg.tokens_per_step,
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "gpt2_ids": data.gpt2_ids,
         }
@@ -478,7 +483,6 @@ def _train(cfg: TrainConfig, out: Path, progress: bool, stop_after: int | None) 
 
     multi_stream = cfg.model.residual != "residual"
     h_res_store: list[torch.Tensor] = []
-    tokens_per_step = cfg.batch_size * cfg.model.n_ctx
     bar = tqdm(total=cfg.n_steps, initial=step, desc=f"{cfg.name} seed {cfg.seed}", disable=not progress, unit="step")
     t_last, step_last = time.perf_counter(), step
     while step < cfg.n_steps:
@@ -510,7 +514,7 @@ def _train(cfg: TrainConfig, out: Path, progress: bool, stop_after: int | None) 
             save_checkpoint(resume_path, payload(True))
         if progress and (step % 10 == 0 or step == cfg.n_steps):
             now = time.perf_counter()
-            postfix = {"loss": f"{loss.item():.3f}", "tok/s": f"{tokens_per_step * (step - step_last) / (now - t_last):.0f}"}
+            postfix = {"loss": f"{loss.item():.3f}", "tok/s": f"{cfg.tokens_per_step * (step - step_last) / (now - t_last):.0f}"}
             if multi_stream and history["amax_forward"]:
                 postfix["amax"] = f"{history['amax_forward'][-1]:.2f}"
             bar.set_postfix(postfix)
