@@ -1,8 +1,10 @@
 """A small GPT-2-style decoder whose residual scheme is a config field.
 
-One readable file in the spirit of nanoGPT: learned absolute positions, pre-LayerNorm blocks,
-multi-head causal attention, a GELU MLP (GPT-2's tanh approximation), tied input/output
-embeddings, no dropout. The residual scheme is ``GPTConfig.residual``: ``"residual"`` (standard,
+One readable file in the spirit of nanoGPT: pre-LayerNorm blocks, multi-head causal attention, a
+GELU MLP (GPT-2's tanh approximation), tied input/output embeddings, no dropout. Positions are
+``GPTConfig.positional``: ``"learned"`` (GPT-2's learned absolute embeddings, added to the
+residual stream) or ``"rotary"`` (RoPE on queries and keys only, as in Llama; nothing positional
+enters the residual stream). The residual scheme is ``GPTConfig.residual``: ``"residual"`` (standard,
 one stream), ``"hc"``, ``"mhc"`` or ``"mhc-lite"`` (``n_streams`` parallel streams, see
 :mod:`sinklens.hyperconnections`).
 
@@ -13,15 +15,21 @@ TransformerLens attribute names ``n_layers, n_heads, d_model, d_head, n_ctx, d_v
 
 Hook points (``l`` = layer):
 
-- ``hook_embed``, ``hook_pos_embed``: ``[batch, pos, d_model]``.
+- ``hook_embed``, ``hook_pos_embed`` (learned positions only): ``[batch, pos, d_model]``.
 - ``blocks.l.hook_resid_pre / hook_resid_mid / hook_resid_post``: ``[batch, pos, d_model]``. For
   multi-stream schemes this is the *sum over streams* (what the readout sees), a read-only view:
   to intervene on the state, hook ``blocks.l.hook_streams_pre / _mid / _post``
   (``[batch, pos, n_streams, d_model]``).
 - ``blocks.l.ln1.hook_normalized``, ``blocks.l.ln2.hook_normalized``, ``ln_final.hook_normalized``.
-- ``blocks.l.attn.hook_q / hook_k / hook_v / hook_z``: ``[batch, pos, head, d_head]``;
-  ``hook_attn_scores`` (causally masked with -inf) and ``hook_pattern``:
-  ``[batch, head, query, key]``.
+- ``blocks.l.attn.hook_q / hook_k / hook_v / hook_z``: ``[batch, pos, head, d_head]``, and with
+  rotary positions ``hook_rot_q / hook_rot_k`` (after the rotation); ``hook_attn_scores``
+  (causally masked with -inf) and ``hook_pattern``: ``[batch, head, query, key]``.
+
+Attention has two paths that compute the same function. When no hook listens to
+``hook_attn_scores`` or ``hook_pattern`` (training), it calls torch's fused
+``scaled_dot_product_attention``, which never materialises the pattern; otherwise (any cache or
+intervention on the pattern) it computes scores and softmax explicitly, so the hooks see them.
+``tests/test_model.py`` checks that both give the same logits and gradients.
 - ``blocks.l.hook_attn_out``, ``blocks.l.hook_mlp_out``: ``[batch, pos, d_model]``;
   ``blocks.l.mlp.hook_pre / hook_post``: ``[batch, pos, d_mlp]``.
 - Multi-stream only: ``blocks.l.hc_attn.hook_h_pre / hook_h_res / hook_h_post`` and the same
@@ -40,7 +48,11 @@ from torch import Tensor
 from transformer_lens import ActivationCache, HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
+from sinklens.attention import apply_rotary, rotary_cos_sin
 from sinklens.hyperconnections import SCHEMES, make_connection, read_streams, write_streams
+
+
+POSITIONALS = ("learned", "rotary")
 
 
 @dataclass
@@ -53,6 +65,8 @@ class GPTConfig:
     n_ctx: int = 128
     d_vocab: int = 4096
     d_mlp: int | None = None  # default 4 * d_model
+    positional: str = "learned"  # "learned" (GPT-2) or "rotary" (RoPE on q and k)
+    rotary_base: float = 10000.0  # rotary only: RoPE's theta
     residual: str = "residual"  # one of SCHEMES
     n_streams: int | None = None  # default: 1 for "residual", 4 otherwise
     hc_dynamic: bool = True  # HC only: add the tanh-gated dynamic weights to the static ones
@@ -74,6 +88,8 @@ class GPTConfig:
             )
         if self.residual == "mhc-lite" and self.n_streams > 6:
             raise ValueError(f"mhc-lite mixes all n! permutations; n_streams={self.n_streams} is too many.")
+        if self.positional not in POSITIONALS:
+            raise ValueError(f"positional must be one of {POSITIONALS}, got {self.positional!r}.")
         if self.d_model % self.n_heads != 0:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}.")
         if self.d_mlp is None:
@@ -112,6 +128,8 @@ class LayerNorm(nn.Module):
 class Attention(nn.Module):
     """Causal multi-head attention: ``[b, p, d_model] -> [b, p, d_model]``."""
 
+    fused: bool = True  # use scaled_dot_product_attention when no hook needs the pattern
+
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.n_heads, self.d_head = cfg.n_heads, cfg.d_head
@@ -119,6 +137,13 @@ class Attention(nn.Module):
         self.out = nn.Linear(cfg.d_model, cfg.d_model)
         causal = torch.ones(cfg.n_ctx, cfg.n_ctx, dtype=torch.bool).tril()
         self.register_buffer("causal", causal, persistent=False)
+        self.rotary = cfg.positional == "rotary"
+        if self.rotary:
+            cos, sin = rotary_cos_sin(cfg.n_ctx, cfg.d_head, cfg.rotary_base)  # [n_ctx, d_head]
+            self.register_buffer("rotary_cos", cos, persistent=False)
+            self.register_buffer("rotary_sin", sin, persistent=False)
+            self.hook_rot_q = HookPoint()
+            self.hook_rot_k = HookPoint()
         self.hook_q = HookPoint()
         self.hook_k = HookPoint()
         self.hook_v = HookPoint()
@@ -126,14 +151,30 @@ class Attention(nn.Module):
         self.hook_pattern = HookPoint()
         self.hook_z = HookPoint()
 
+    def pattern_is_observed(self) -> bool:
+        """Whether any hook listens to the scores or the pattern (then they must be computed)."""
+        return any(h._forward_hooks or h._forward_pre_hooks or h._backward_hooks
+                   for h in (self.hook_attn_scores, self.hook_pattern))
+
     def forward(self, x: Tensor) -> Tensor:
         b, p, _ = x.shape
         q, k, v = self.qkv(x).view(b, p, 3, self.n_heads, self.d_head).unbind(2)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)  # [b, p, h, dh]
-        scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(self.d_head)
-        scores = scores.masked_fill(~self.causal[:p, :p], float("-inf"))
-        pattern = self.hook_pattern(torch.softmax(self.hook_attn_scores(scores), dim=-1))
-        z = self.hook_z(torch.einsum("bhqk,bkhd->bqhd", pattern, v))  # [b, p, h, dh]
+        if self.rotary:
+            cos, sin = self.rotary_cos[:p], self.rotary_sin[:p]
+            q, k = self.hook_rot_q(apply_rotary(q, cos, sin)), self.hook_rot_k(apply_rotary(k, cos, sin))
+        if self.fused and not self.pattern_is_observed():
+            # in fp32 even under a bf16 autocast: torch's CPU flash kernel is several times
+            # slower in bf16 than in fp32 at these head sizes (benchmarks/bench_training.py)
+            with torch.autocast(x.device.type, enabled=False):
+                qf, kf, vf = (t.float().transpose(1, 2) for t in (q, k, v))  # [b, h, p, dh]
+                z = F.scaled_dot_product_attention(qf, kf, vf, is_causal=True).transpose(1, 2)
+        else:
+            scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(self.d_head)
+            scores = scores.masked_fill(~self.causal[:p, :p], float("-inf"))
+            pattern = self.hook_pattern(torch.softmax(self.hook_attn_scores(scores), dim=-1))
+            z = torch.einsum("bhqk,bkhd->bqhd", pattern, v)
+        z = self.hook_z(z)  # [b, p, h, dh]
         return self.out(z.reshape(b, p, -1))
 
 
@@ -209,9 +250,10 @@ class GPT(HookedRootModule):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.d_vocab, cfg.d_model)
-        self.pos_embed = nn.Embedding(cfg.n_ctx, cfg.d_model)
         self.hook_embed = HookPoint()
-        self.hook_pos_embed = HookPoint()
+        if cfg.positional == "learned":
+            self.pos_embed = nn.Embedding(cfg.n_ctx, cfg.d_model)
+            self.hook_pos_embed = HookPoint()
         self.blocks = nn.ModuleList([Block(cfg, layer) for layer in range(cfg.n_layers)])
         self.ln_final = LayerNorm(cfg)
         self.apply(self._init_weights)
@@ -239,8 +281,9 @@ class GPT(HookedRootModule):
         b, p = tokens.shape
         if p > self.cfg.n_ctx:
             raise ValueError(f"{p} positions is more than the model's context of {self.cfg.n_ctx}.")
-        positions = torch.arange(p, device=tokens.device)
-        x = self.hook_embed(self.embed(tokens)) + self.hook_pos_embed(self.pos_embed(positions))
+        x = self.hook_embed(self.embed(tokens))
+        if self.cfg.positional == "learned":
+            x = x + self.hook_pos_embed(self.pos_embed(torch.arange(p, device=tokens.device)))
         if self.cfg.residual != "residual":  # every stream starts as the embedding
             x = x.unsqueeze(-2).repeat(1, 1, self.cfg.n_streams, 1)  # [b, p, n, d]
         for block in self.blocks:

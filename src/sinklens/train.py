@@ -16,6 +16,12 @@ Data and tokeniser
 - Repeated spans: a fraction ``TrainConfig.repeat_fraction`` of the sequences (default 0.25) get
   one span of their own text (``n_ctx/16`` to ``n_ctx/2`` tokens) copied to a later position, so
   induction heads can form within a CPU budget. Pages that use these models must say so.
+- Random-token segments: a fraction ``TrainConfig.random_segment_fraction`` of the sequences
+  (default 0) also get a segment of ``random_segment_lengths`` (inclusive range) uniformly random
+  token ids (2 .. ``d_vocab - 1``) at a random position, copied once to a random later position,
+  so the distance between the copies varies. Unlike a repeat of the row's own text, a random
+  segment can only be predicted by copying: it is what makes induction heads form on a CPU
+  budget (see the README's zoo section). Pages that use these models must say so.
 - ``data="synthetic"`` swaps the corpus for a generated token stream (no tokeniser, no download),
   for fast tests.
 
@@ -50,6 +56,7 @@ zoo name such as ``tiny-mhc`` (see :mod:`sinklens.zoo`) and JSON is a file or a 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -78,6 +85,48 @@ DATASET_VERSION = 1  # bump when the tokenised-corpus format or recipe changes
 CODE_VERSION = 1  # bump when a code change alters training results: it changes every run id
 
 
+# --- Precision -----------------------------------------------------------------------------------
+
+PRECISIONS = ("bf16", "fp32")
+_told_fallback = False
+
+
+def cpu_has_bf16_matmul() -> bool:
+    """Whether this CPU has bfloat16 matrix instructions (AMX-BF16 or AVX512-BF16).
+
+    Without them a bf16 autocast runs emulated and is slower than fp32.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: ask oneDNN
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return any(flag in flags.split() for flag in ("amx_bf16", "avx512_bf16"))
+
+
+def default_precision(device: str = "cpu") -> str:
+    """``"bf16"`` where ``device`` has fast bfloat16 matrix products, else ``"fp32"`` (said once)."""
+    global _told_fallback
+    if device.startswith("cuda"):
+        fast = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    else:
+        fast = cpu_has_bf16_matmul()
+    if not fast and not _told_fallback:
+        print(f"[sinklens] no bfloat16 matrix instructions on this {device.split(':')[0].upper()}: training in fp32.",
+              file=sys.stderr)
+        _told_fallback = True
+    return "bf16" if fast else "fp32"
+
+
+def autocast(cfg: "TrainConfig"):
+    """The forward pass's precision context: bf16 autocast (master weights stay fp32) or nothing."""
+    if cfg.precision == "bf16":
+        return torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 # --- Config --------------------------------------------------------------------------------------
 
 
@@ -98,11 +147,14 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0
     repeat_fraction: float = 0.25
+    random_segment_fraction: float = 0.0  # rows that also get a repeated segment of random ids
+    random_segment_lengths: tuple[int, int] = (8, 31)  # inclusive range of that segment's length
     n_snapshots: int = 24  # model snapshots at log-spaced steps, step 0 and the last included
     resume_every: int = 100  # steps between resume checkpoints
     log_every: int = 10  # steps between Amax-gain measurements (multi-stream schemes)
     threads: int = 1  # torch intra-op threads; part of the config because results depend on it
     device: str = "cpu"  # "cpu" or "cuda": float results differ between them, so it is part of the run
+    precision: str = "auto"  # "bf16" (autocast), "fp32", or "auto": bf16 where the hardware has it
     name: str = "custom"
 
     def __post_init__(self) -> None:
@@ -112,12 +164,25 @@ class TrainConfig:
             raise ValueError(f"data must be 'offline' or 'synthetic', got {self.data!r}.")
         if not 0.0 <= self.repeat_fraction <= 1.0:
             raise ValueError(f"repeat_fraction must be in [0, 1], got {self.repeat_fraction}.")
+        if not 0.0 <= self.random_segment_fraction <= 1.0:
+            raise ValueError(f"random_segment_fraction must be in [0, 1], got {self.random_segment_fraction}.")
+        lo, hi = (int(v) for v in self.random_segment_lengths)
+        self.random_segment_lengths = (lo, hi)
+        if not 1 <= lo <= hi or 1 + 2 * hi > self.model.n_ctx:
+            raise ValueError(
+                f"random_segment_lengths {self.random_segment_lengths} must satisfy 1 <= lo <= hi and "
+                f"1 + 2 * hi <= n_ctx = {self.model.n_ctx}."
+            )
         if self.n_steps < 1 or self.batch_size < 1:
             raise ValueError("n_steps and batch_size must be >= 1.")
         if self.model.n_ctx < 8:
             raise ValueError("n_ctx must be at least 8.")
         if self.device.split(":")[0] not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda' (or 'cuda:N'), got {self.device!r}.")
+        if self.precision == "auto":
+            self.precision = default_precision(self.device)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS} or 'auto', got {self.precision!r}.")
 
     @property
     def tokens_per_step(self) -> int:
@@ -298,6 +363,16 @@ def get_batch(cfg: TrainConfig, stream: np.ndarray, step: int, split_salt: int =
         src = int(rng.integers(1, n_ctx - 2 * length + 1))
         dst = int(rng.integers(src + length, n_ctx - length + 1))
         batch[row, dst : dst + length] = batch[row, src : src + length]
+    if cfg.random_segment_fraction > 0:
+        lo, hi = cfg.random_segment_lengths
+        segment_rows = np.flatnonzero(rng.random(cfg.batch_size) < cfg.random_segment_fraction)
+        for row in segment_rows:
+            length = int(rng.integers(lo, hi + 1))
+            src = int(rng.integers(1, n_ctx - 2 * length + 1))
+            dst = int(rng.integers(src + length, n_ctx - length + 1))
+            segment = rng.integers(2, cfg.model.d_vocab, size=length)
+            batch[row, src : src + length] = segment
+            batch[row, dst : dst + length] = segment
     return torch.from_numpy(batch)
 
 
@@ -492,7 +567,7 @@ def _train(cfg: TrainConfig, out: Path, progress: bool, stop_after: int | None) 
         batch = get_batch(cfg, data.train, step).to(device)
         measure = multi_stream and (step % cfg.log_every == 0 or step == cfg.n_steps - 1)
         hooks = [(lambda name: name.endswith("hook_h_res"), _amax_hook(h_res_store))] if measure else []
-        with model.hooks(fwd_hooks=hooks):
+        with model.hooks(fwd_hooks=hooks), autocast(cfg):
             loss = model(batch, return_type="loss")
         opt.zero_grad(set_to_none=True)
         loss.backward()

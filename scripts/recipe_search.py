@@ -1,0 +1,99 @@
+"""The recipe search of the zoo: train residual candidates, judge each by the formation criteria.
+
+The criteria are :mod:`sinklens.formation`'s, fixed before the search. Only the **residual**
+scheme is trained here: the recipe is chosen on it alone, frozen, and only then are HC, mHC and
+mHC-lite trained with it (``python -m sinklens.zoo``). The choice rule, also fixed in advance:
+the cheapest candidate (fewest training tokens) under which **every** seed tried forms the
+circuits (previous-token head, confirmed induction head, in-context copying).
+
+    python scripts/recipe_search.py train CANDIDATE --seeds 0 1 2   # one thread each, resumable
+    python scripts/recipe_search.py judge [--out recipe_search.json]
+
+Every run lives in the cache under ``recipe-search/`` (resumable, like every training); ``judge``
+scores the final checkpoint of every finished run and writes one JSON record per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from sinklens import formation
+from sinklens.cache import cache_dir
+from sinklens.model import GPTConfig
+from sinklens.train import TrainConfig, load_checkpoint, model_from_checkpoint, train
+
+# The 6-layer recipe of ../shared's "Circuit formation" notes, and neighbours of it.
+BASE = dict(
+    model=dict(n_layers=6, d_model=128, n_heads=4, n_ctx=64, d_vocab=2048, positional="rotary"),
+    batch_size=32, n_steps=3000, lr=3e-3, warmup_steps=100, repeat_fraction=0.25,
+    random_segment_fraction=0.5, random_segment_lengths=(8, 31), n_snapshots=24, resume_every=250,
+)
+CANDIDATES: dict[str, dict] = {
+    "r6-3000": {},  # the notes' recipe: 6.1M tokens
+    "r6-2000": dict(n_steps=2000),  # cheaper: 4.1M tokens
+    "r6-4000": dict(n_steps=4000),  # margin: 8.2M tokens
+    "r6-learned-3000": dict(model={**BASE["model"], "positional": "learned"}),  # the positions control
+}
+
+
+def candidate_config(name: str, seed: int) -> TrainConfig:
+    spec = {**BASE, **CANDIDATES[name]}
+    spec = {**spec, "model": GPTConfig(**spec["model"], residual="residual")}
+    return TrainConfig(**spec, seed=seed, name=f"search-{name}")
+
+
+def run_dir(cfg: TrainConfig) -> Path:
+    return cache_dir() / "recipe-search" / f"{cfg.name}-seed{cfg.seed}-{cfg.run_id()}"
+
+
+def judge(out: Path) -> list[dict]:
+    records = []
+    for name in CANDIDATES:
+        for seed in range(5):
+            cfg = candidate_config(name, seed)
+            final = run_dir(cfg) / "final.ckpt"
+            if not final.exists():
+                continue
+            state = load_checkpoint(final)
+            model = model_from_checkpoint(state)
+            text, repeated, probe = formation.standard_inputs(cfg)
+            f = formation.measure(model, text, repeated, probe)
+            d = formation.decide(f)
+            best = lambda a: [float(a.max()), [int(i) for i in divmod(int(a.argmax()), a.shape[1])]]  # noqa: E731
+            records.append(dict(
+                candidate=name, seed=seed, n_tokens=cfg.n_tokens, val_loss=state["val_loss"],
+                decision=d.to_dict(), best_previous_token=best(f.previous_token), best_induction=best(f.induction_rr),
+                best_selectivity=best(f.induction_selectivity), best_duplicate=best(f.duplicate_rr),
+                best_first_token_text=best(f.first_token_text),
+                first_copy_loss=f.first_copy_loss, second_copy_loss=f.second_copy_loss,
+            ))
+            print(f"{name} seed {seed}: formed={d.formed} {d.passes} induction={d.induction_heads} "
+                  f"p0={d.induction_p0} copy ratio {d.copy_loss_ratio:.2f}", flush=True)
+    out.write_text(json.dumps(records, indent=1))
+    return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("candidate", choices=tuple(CANDIDATES))
+    t.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    j = sub.add_parser("judge")
+    j.add_argument("--out", default="recipe_search.json")
+    args = parser.parse_args(argv)
+    if args.cmd == "train":
+        for seed in args.seeds:
+            cfg = candidate_config(args.candidate, seed)
+            train(cfg, run_dir(cfg), progress=True)
+        return 0
+    judge(Path(args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
