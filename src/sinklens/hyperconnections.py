@@ -68,6 +68,11 @@ H_RES_DIAGONAL_INIT = 0.95
 RMS_EPS = 1e-6  # mHC / mHC-lite: diagonal of H_res at initialisation
 
 
+def _at_least_fp32(t: Tensor) -> Tensor:
+    """``t`` in fp32 if it is in a lower precision (bf16 / fp16 under autocast), else unchanged."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
 # --- Doubly stochastic matrices ------------------------------------------------------------------
 
 
@@ -81,7 +86,7 @@ class _LogSinkhorn(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits: Tensor, n_iters: int) -> Tensor:
+    def forward(ctx, logits: Tensor, n_iters: int, tol: float | None) -> Tensor:
         log_m = logits.movedim((-2, -1), (0, 1)).contiguous()  # [n(row), n(col), ...]
         normalised = []  # exp of every half-step's output, for the backward pass
         for _ in range(n_iters):
@@ -89,30 +94,40 @@ class _LogSinkhorn(torch.autograd.Function):
             normalised.append(log_m.exp())
             log_m = torch.log_softmax(log_m, dim=0)  # columns sum to 1
             normalised.append(log_m.exp())
+            if tol is not None and (normalised[-1].sum(1) - 1).abs().max().item() <= tol:
+                break  # rows are within tol of 1 too: converged
+        ctx.n_done = len(normalised) // 2
         ctx.save_for_backward(*normalised)
         return normalised[-1].movedim((0, 1), (-2, -1)).contiguous()  # bmm is slow on strided input
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
         normalised = ctx.saved_tensors
         g = grad.movedim((-2, -1), (0, 1)) * normalised[-1]  # gradient w.r.t. log of the output
         for step in range(len(normalised) - 1, -1, -1):
             dim = 0 if step % 2 == 1 else 1  # odd steps normalised columns, even steps rows
             g = torch.addcmul(g, normalised[step], g.sum(dim, keepdim=True), value=-1.0)
-        return g.movedim((0, 1), (-2, -1)), None
+        return g.movedim((0, 1), (-2, -1)), None, None
 
 
-def sinkhorn_knopp(logits: Tensor, n_iters: int = 20) -> Tensor:
+def sinkhorn_knopp(logits: Tensor, n_iters: int = 20, tol: float | None = None) -> Tensor:
     """``exp(logits)`` scaled to be (nearly) doubly stochastic: ``[..., n, n] -> [..., n, n]``.
 
     Alternates row and column normalisation ``n_iters`` times in log space (``log_softmax``),
-    which cannot overflow or divide by zero. The last step normalises columns, so columns sum to
-    1 to float precision and rows approach 1 as ``n_iters`` grows. Differentiable (the gradient
-    goes through all iterations, as in the mHC paper).
+    which cannot overflow or divide by zero, over every matrix of the batch at once. The last step
+    normalises columns, so columns sum to 1 to float precision and rows approach 1 as ``n_iters``
+    grows. With ``tol``, it stops as soon as every row sum is within ``tol`` of 1 (``n_iters``
+    is then the cap): the result differs from the full ``n_iters`` by at most about ``tol``, and
+    near the identity-dominant initialisation one or two iterations suffice. Always done in fp32
+    (also under autocast). Differentiable: the gradient goes through every iteration that ran, as
+    in the mHC paper.
     """
     if n_iters < 1:
         raise ValueError(f"n_iters must be >= 1, got {n_iters}.")
-    return _LogSinkhorn.apply(logits, n_iters)
+    if tol is not None and not tol > 0:
+        raise ValueError(f"tol must be > 0 or None, got {tol}.")
+    with torch.autocast(logits.device.type, enabled=False):
+        return _LogSinkhorn.apply(_at_least_fp32(logits), n_iters, tol)
 
 
 def permutation_matrices(n: int) -> Tensor:
@@ -189,6 +204,10 @@ class HyperConnection(nn.Module):
 
     def coefficients(self, streams: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``streams [b, p, n, d]`` -> ``H_pre [b, p, n]``, ``H_res [b, p, n, n]``, ``H_post [b, p, n]``."""
+        with torch.autocast(streams.device.type, enabled=False):  # coefficients in fp32
+            return self._coefficients(_at_least_fp32(streams))
+
+    def _coefficients(self, streams: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if not self.dynamic:
             lead = streams.shape[:-2]
             h_pre = self.static_h_pre.expand(*lead, -1)
@@ -215,12 +234,14 @@ class ManifoldHyperConnection(nn.Module):
         layer_index: int,
         exact: bool = False,
         sinkhorn_iters: int = 20,
+        sinkhorn_tol: float | None = None,
     ):
         super().__init__()
         n = n_streams
         self.n_streams = n
         self.exact = exact
         self.sinkhorn_iters = sinkhorn_iters
+        self.sinkhorn_tol = sinkhorn_tol
         self.norm_weight = nn.Parameter(torch.ones(n * d_model))  # RMSNorm over the flat n*d state
         n_res = math.factorial(n) if exact else n * n
         # one projection for H~_pre, H~_post and H~_res together: [n*d, n + n + n_res]
@@ -249,11 +270,16 @@ class ManifoldHyperConnection(nn.Module):
 
     def coefficients(self, streams: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``streams [b, p, n, d]`` -> ``H_pre [b, p, n]``, ``H_res [b, p, n, n]``, ``H_post [b, p, n]``."""
+        with torch.autocast(streams.device.type, enabled=False):  # coefficients in fp32
+            return self._coefficients(_at_least_fp32(streams))
+
+    def _coefficients(self, streams: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         n = self.n_streams
         flat = streams.flatten(-2)  # [b, p, n*d]
         # RMSNorm(flat) @ phi, with the 1/rms applied after the matmul (as the mHC paper does):
         # it never materialises the normalised n*d vector.
-        inv_rms = torch.rsqrt(flat.pow(2).mean(-1, keepdim=True) + RMS_EPS)
+        mean_square = torch.linalg.vector_norm(flat, dim=-1, keepdim=True).square() / flat.shape[-1]
+        inv_rms = torch.rsqrt(mean_square + RMS_EPS)
         proj = (flat @ (self.norm_weight.unsqueeze(-1) * self.phi)) * inv_rms  # [b, p, 2n + n_res]
         h_pre = torch.sigmoid(self.alpha_pre * proj[..., :n] + self.b_pre)
         h_post = 2 * torch.sigmoid(self.alpha_post * proj[..., n : 2 * n] + self.b_post)
@@ -261,7 +287,7 @@ class ManifoldHyperConnection(nn.Module):
         if self.exact:
             h_res = birkhoff_mixture(res_logits, self.perms)
         else:
-            h_res = sinkhorn_knopp(res_logits.unflatten(-1, (n, n)), self.sinkhorn_iters)
+            h_res = sinkhorn_knopp(res_logits.unflatten(-1, (n, n)), self.sinkhorn_iters, self.sinkhorn_tol)
         return self.hook_h_pre(h_pre), self.hook_h_res(h_res), self.hook_h_post(h_post)
 
 
@@ -273,23 +299,83 @@ def make_connection(
     *,
     hc_dynamic: bool = True,
     sinkhorn_iters: int = 20,
+    sinkhorn_tol: float | None = None,
 ) -> nn.Module:
     """The connection module for one sub-layer of a multi-stream scheme ("hc", "mhc", "mhc-lite")."""
     if scheme == "hc":
         return HyperConnection(d_model, n_streams, layer_index, dynamic=hc_dynamic)
     if scheme == "mhc":
-        return ManifoldHyperConnection(d_model, n_streams, layer_index, sinkhorn_iters=sinkhorn_iters)
+        return ManifoldHyperConnection(d_model, n_streams, layer_index, sinkhorn_iters=sinkhorn_iters,
+                                       sinkhorn_tol=sinkhorn_tol)
     if scheme == "mhc-lite":
         return ManifoldHyperConnection(d_model, n_streams, layer_index, exact=True)
     raise ValueError(f"No multi-stream connection for scheme {scheme!r}; expected one of {SCHEMES[1:]}.")
 
 
+class _ReadStreams(torch.autograd.Function):
+    """``y = sum_i h_pre_i X_i`` as one batched matmul per token, with a backward that gives every
+    batched matmul contiguous operands (torch's CPU bmm otherwise copies matrix by matrix)."""
+
+    @staticmethod
+    def forward(ctx, streams: Tensor, h_pre: Tensor) -> Tensor:
+        *lead, n, d = streams.shape
+        x = streams.reshape(-1, n, d)
+        p = h_pre.reshape(-1, 1, n)
+        ctx.save_for_backward(x, p)
+        ctx.shapes = (streams.shape, h_pre.shape)
+        return torch.bmm(p, x).view(*lead, d)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        x, p = ctx.saved_tensors
+        streams_shape, pre_shape = ctx.shapes
+        g = grad.reshape(-1, 1, x.shape[-1]).contiguous()  # [T, 1, d]
+        g_streams = (p.view(-1, p.shape[-1], 1) * g).view(streams_shape) if ctx.needs_input_grad[0] else None
+        g_pre = torch.bmm(x, g.view(-1, x.shape[-1], 1)).view(pre_shape) if ctx.needs_input_grad[1] else None
+        return g_streams, g_pre
+
+
+class _WriteStreams(torch.autograd.Function):
+    """``H_res @ X + H_post^T out`` as two batched matmuls per token; contiguous operands in the
+    backward too. Measured in ``benchmarks/bench_training.py``: with plain autograd, the backward's
+    transposed operands made CPU bmm copy each token's matrices one by one."""
+
+    @staticmethod
+    def forward(ctx, streams: Tensor, h_res: Tensor, h_post: Tensor, out: Tensor) -> Tensor:
+        *lead, n, d = streams.shape
+        x = streams.reshape(-1, n, d)
+        h = h_res.reshape(-1, n, n).contiguous()
+        post = h_post.reshape(-1, n, 1)
+        o = out.reshape(-1, 1, d)
+        ctx.save_for_backward(x, h, post, o)
+        ctx.shapes = (streams.shape, h_res.shape, h_post.shape, out.shape)
+        return torch.baddbmm(post * o, h, x).view(*lead, n, d)  # an outer product is cheaper as a broadcast
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, h, post, o = ctx.saved_tensors
+        streams_shape, res_shape, post_shape, out_shape = ctx.shapes
+        n, d = x.shape[-2:]
+        g = grad.reshape(-1, n, d).contiguous()  # [T, n, d]
+        need = ctx.needs_input_grad
+        g_streams = torch.bmm(h.transpose(1, 2).contiguous(), g).view(streams_shape) if need[0] else None
+        g_res = torch.bmm(g, x.transpose(1, 2).contiguous()).view(res_shape) if need[1] else None
+        g_post = torch.bmm(g, o.view(-1, d, 1)).view(post_shape) if need[2] else None
+        g_out = torch.bmm(post.view(-1, 1, n), g).view(out_shape) if need[3] else None
+        return g_streams, g_res, g_post, g_out
+
+
 def read_streams(streams: Tensor, h_pre: Tensor) -> Tensor:
-    """The sub-layer input ``H_pre @ X``: ``[b, p, n, d]``, ``[b, p, n]`` -> ``[b, p, d]``."""
-    return (h_pre.unsqueeze(-1) * streams).sum(-2)  # cheaper than a batched 1 x n matmul on CPU
+    """The sub-layer input ``H_pre @ X``: ``[b, p, n, d]``, ``[b, p, n]`` -> ``[b, p, d]``, in fp32."""
+    with torch.autocast(streams.device.type, enabled=False):
+        return _ReadStreams.apply(*map(_at_least_fp32, (streams, h_pre)))
 
 
 def write_streams(streams: Tensor, h_res: Tensor, h_post: Tensor, out: Tensor) -> Tensor:
-    """``H_res @ X + H_post^T out``: ``[b,p,n,d]``, ``[b,p,n,n]``, ``[b,p,n]``, ``[b,p,d]`` -> ``[b,p,n,d]``."""
-    # torch's CPU bmm copies every matrix of a non-contiguous batch one by one: avoid that
-    return h_res.contiguous() @ streams.contiguous() + h_post.unsqueeze(-1) * out.unsqueeze(-2)
+    """``H_res @ X + H_post^T out``: ``[b,p,n,d]``, ``[b,p,n,n]``, ``[b,p,n]``, ``[b,p,d]`` -> ``[b,p,n,d]``.
+
+    Always in fp32, also under a bf16 autocast: the streams are the residual state, which mixed
+    precision keeps in fp32 (as the plain residual stream is, ``x + bf16 sub-layer output``).
+    """
+    with torch.autocast(streams.device.type, enabled=False):
+        return _WriteStreams.apply(*map(_at_least_fp32, (streams, h_res, h_post, out)))

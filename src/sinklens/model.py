@@ -70,7 +70,8 @@ class GPTConfig:
     residual: str = "residual"  # one of SCHEMES
     n_streams: int | None = None  # default: 1 for "residual", 4 otherwise
     hc_dynamic: bool = True  # HC only: add the tanh-gated dynamic weights to the static ones
-    sinkhorn_iters: int = 20  # mHC only
+    sinkhorn_iters: int = 20  # mHC only: the paper's count, a cap when sinkhorn_tol is set
+    sinkhorn_tol: float | None = None  # mHC only: stop once every row sum is within this of 1
     layer_norm_eps: float = 1e-5
     init_std: float = 0.02
 
@@ -212,7 +213,7 @@ class Block(nn.Module):
         self.hook_attn_out = HookPoint()
         self.hook_mlp_out = HookPoint()
         if self.multi_stream:
-            kw = dict(hc_dynamic=cfg.hc_dynamic, sinkhorn_iters=cfg.sinkhorn_iters)
+            kw = dict(hc_dynamic=cfg.hc_dynamic, sinkhorn_iters=cfg.sinkhorn_iters, sinkhorn_tol=cfg.sinkhorn_tol)
             self.hc_attn = make_connection(cfg.residual, cfg.d_model, cfg.n_streams, 2 * layer, **kw)
             self.hc_mlp = make_connection(cfg.residual, cfg.d_model, cfg.n_streams, 2 * layer + 1, **kw)
             self.hook_streams_pre = HookPoint()

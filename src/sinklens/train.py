@@ -168,7 +168,7 @@ class TrainConfig:
             raise ValueError(f"random_segment_fraction must be in [0, 1], got {self.random_segment_fraction}.")
         lo, hi = (int(v) for v in self.random_segment_lengths)
         self.random_segment_lengths = (lo, hi)
-        if not 1 <= lo <= hi or 1 + 2 * hi > self.model.n_ctx:
+        if self.random_segment_fraction > 0 and (not 1 <= lo <= hi or 1 + 2 * hi > self.model.n_ctx):
             raise ValueError(
                 f"random_segment_lengths {self.random_segment_lengths} must satisfy 1 <= lo <= hi and "
                 f"1 + 2 * hi <= n_ctx = {self.model.n_ctx}."

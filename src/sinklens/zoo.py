@@ -2,13 +2,16 @@
 
 Sizes (all GPT-2-style, see :mod:`sinklens.model`; data and tokeniser in :mod:`sinklens.train`):
 
-- ``tiny``: 2 layers, d_model 64, 4 heads, context 64, vocab 1024, 400 steps of 16 x 64 tokens.
-  For CI and tests.
-- ``small``: 4 layers, d_model 128, 4 heads, context 128, vocab 4096, 2000 steps of 16 x 128
-  tokens (4.1M tokens). For the book.
+- ``tiny``: 2 layers, d_model 128, 4 heads, context 64, vocab 2048, 3000 steps of 32 x 64 tokens
+  (6.1M tokens). For CI and tests; it still forms a previous-token -> induction circuit.
+- ``small``: 6 layers, d_model 128, 4 heads, context 64, vocab 2048, 3000 steps of 32 x 64 tokens
+  (6.1M tokens). For the book.
 - ``medium``: 6 layers, d_model 256, 8 heads, context 256, vocab 4096, 3000 steps of 64 x 256
   tokens (49M tokens), trained on a CUDA GPU (``device="cuda"``; a CPU-only machine gets a clear
-  error). For the scale study (``scripts/scale_study.py``): do the heads the CPU sizes lack form?
+  error). For the scale study (``scripts/scale_study.py``).
+
+All sizes use rotary positions and :data:`RECIPE`'s data mixture (random-token segments repeated
+at a varying offset in half the rows); ``tiny`` leaves out the repeated spans of text.
 
 Every size exists for each scheme in :data:`sinklens.hyperconnections.SCHEMES` (multi-stream
 schemes use n = 4 streams) and any seed; :data:`SEEDS` are the ones the book uses. Runs live in
@@ -34,27 +37,35 @@ from sinklens.train import TrainConfig, load_checkpoint, model_from_checkpoint, 
 
 SEEDS = (0, 1, 2)
 
+# The data and position recipe every size shares (see the README's zoo section for how it was
+# chosen): rotary positions on queries and keys, a quarter of the rows with a repeated span of
+# their own text, and half the rows with a repeated segment of 8-31 random token ids.
+RECIPE = dict(repeat_fraction=0.25, random_segment_fraction=0.5, random_segment_lengths=(8, 31))
+SINKHORN_TOL = 1e-6  # mHC: stop Sinkhorn once rows are within this of 1 (at most 20 iterations)
+
 SIZES: dict[str, dict] = {
     "tiny": dict(
-        model=dict(n_layers=2, d_model=64, n_heads=4, n_ctx=64, d_vocab=1024),
-        batch_size=16,
-        n_steps=400,
-        lr=2e-3,
-        warmup_steps=30,
+        model=dict(n_layers=2, d_model=128, n_heads=4, n_ctx=64, d_vocab=2048, positional="rotary"),
+        batch_size=32,
+        n_steps=3000,
+        lr=3e-3,
+        warmup_steps=100,
         n_snapshots=16,
-        resume_every=100,
+        resume_every=250,
+        **{**RECIPE, "repeat_fraction": 0.0},
     ),
     "small": dict(
-        model=dict(n_layers=4, d_model=128, n_heads=4, n_ctx=128, d_vocab=4096),
-        batch_size=16,
-        n_steps=2000,
-        lr=1e-3,
+        model=dict(n_layers=6, d_model=128, n_heads=4, n_ctx=64, d_vocab=2048, positional="rotary"),
+        batch_size=32,
+        n_steps=3000,
+        lr=3e-3,
         warmup_steps=100,
         n_snapshots=24,
-        resume_every=100,
+        resume_every=250,
+        **RECIPE,
     ),
     "medium": dict(
-        model=dict(n_layers=6, d_model=256, n_heads=8, n_ctx=256, d_vocab=4096),
+        model=dict(n_layers=6, d_model=256, n_heads=8, n_ctx=256, d_vocab=4096, positional="rotary"),
         batch_size=64,
         n_steps=3000,
         lr=1e-3,
@@ -62,6 +73,7 @@ SIZES: dict[str, dict] = {
         n_snapshots=24,
         resume_every=500,
         device="cuda",
+        **RECIPE,
     ),
 }
 
@@ -73,7 +85,7 @@ def config(scheme: str, size: str = "small", seed: int = 0) -> TrainConfig:
     if size not in SIZES:
         raise ValueError(f"Unknown zoo size {size!r}; expected one of {tuple(SIZES)}.")
     spec = dict(SIZES[size])
-    model = GPTConfig(**spec.pop("model"), residual=scheme)
+    model = GPTConfig(**spec.pop("model"), residual=scheme, sinkhorn_tol=SINKHORN_TOL if scheme == "mhc" else None)
     return TrainConfig(model=model, seed=seed, name=f"{size}-{scheme}", **spec)
 
 
@@ -91,7 +103,8 @@ def model_info(size: str, description: str) -> ModelInfo:
     return ModelInfo(
         name=f"sinklens-zoo-{size}", requested=f"sinklens-zoo-{size}", description=description,
         is_gpt2=False, source="trained offline by sinklens.train (sinklens.zoo)",
-        positional="learned absolute", trained_here=True,
+        positional="rotary" if config("residual", size).model.positional == "rotary" else "learned absolute",
+        trained_here=True,
     )
 
 
