@@ -140,7 +140,8 @@ def main() -> None:
     m = base.model
     print(f"size {args.size}: {m.n_layers} layers, d_model {m.d_model}, {m.n_heads} heads, context {m.n_ctx}, "
           f"vocab {m.d_vocab}, {m.positional} positions, batch {base.batch_size}; n = 4 streams; "
-          f"precision {base.precision}; Sinkhorn tolerance {m.sinkhorn_tol}; {args.threads} torch thread(s); "
+          f"precision {base.precision}; mHC Sinkhorn tolerance {zoo.config('mhc', args.size).model.sinkhorn_tol}; "
+          f"{args.threads} torch thread(s); "
           f"median of {args.rounds} interleaved rounds")
     print(f"CPU: {cpu_features()}; bf16 matrix instructions: {cpu_has_bf16_matmul()}")
     print(f"  {'':18s} {'wall ms/step':>13s} {'tokens/s':>9s} {'CPU ms/step':>12s} {'tokens/CPU s':>13s}")

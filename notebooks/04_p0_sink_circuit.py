@@ -365,8 +365,9 @@ results.record(
 #
 # GPT-2 adds a learned embedding for each position, so position 0 could be marked by its position
 # embedding alone. A rotary model (SmolLM2) has no position embedding at all: the only thing that
-# sets position 0 apart is the causal mask of Section 3. Our own trained models (Section 7) have learned absolute positions, like GPT-2:
-# there we move the position-0 embedding to another position and see whether the sink follows.
+# sets position 0 apart is the causal mask of Section 3. Where this page's model has learned
+# absolute positions, we move the position-0 embedding to another position and see whether the
+# sink follows. (Our own trained models of Section 7 are rotary, like SmolLM2.)
 
 # %%
 display(Markdown(f"This page's model uses **{info.positional}** positions."))
@@ -378,8 +379,8 @@ if info.positional != "rotary":
 # %% [markdown]
 # ## 7. Emergence during training, on our own small models
 #
-# We cannot watch a 30B model train, so we train small GPT-2-style models (learned absolute
-# positions; the training lab of `sinklens.train`) and read their log-spaced checkpoints. **These
+# We cannot watch a 30B model train, so we train small GPT-2-style models (rotary positions; the
+# training lab of `sinklens.train`) and read their log-spaced checkpoints. **These
 # models are tiny next to the paper's 30B-A3B mixture-of-experts**: what we see is what a small
 # model does in a short CPU budget, not a test at the paper's scale.
 
@@ -388,7 +389,7 @@ from sinklens import zoo
 from sinklens.train import get_batch, load_data
 
 zoo_cfg = zoo.config("residual", zoo_size, zoo_seeds[0])
-eval_cfg = dataclasses.replace(zoo_cfg, repeat_fraction=0.0, batch_size=n_seqs)
+eval_cfg = zoo_cfg.text_only(batch_size=n_seqs)
 zoo_data = load_data(zoo_cfg.data, zoo_cfg.model.d_vocab)
 eval_tokens = get_batch(eval_cfg, zoo_data.val, 0, split_salt=4)  # held-out text, BOS at position 0
 rows = []
@@ -407,8 +408,9 @@ zoo_layers = zoo_cfg.model.n_layers
 total_tokens = emergence.tokens.max()
 display(Markdown(
     f"Models: `{zoo_size}` residual GPT ({zoo_layers} layers, d_model {zoo_cfg.model.d_model}, "
-    f"{zoo_cfg.model.n_heads} heads), seeds {zoo_seeds}, {total_tokens:,} training tokens each; "
-    f"data: {zoo_data.description}"
+    f"{zoo_cfg.model.n_heads} heads, {zoo_cfg.model.positional} positions), seeds {zoo_seeds}, {total_tokens:,} training tokens each, "
+    f"trained in {zoo.training_precision(zoo_size)}; "
+    f"data: {zoo_data.description} {zoo_cfg.data_mixture()}"
 ))
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.4), sharex=True)

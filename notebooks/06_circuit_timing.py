@@ -79,13 +79,12 @@ model_description = (
     f"sinklens zoo `{zoo_size}` GPTs trained by us on a {'GPU' if cfg0.device.startswith('cuda') else 'CPU'} "
     f"({n_layers} layers, d_model {mcfg.d_model}, "
     f"{n_heads} heads per layer = {n_layers * n_heads} heads, context {mcfg.n_ctx}, vocabulary {mcfg.d_vocab}, "
-    f"learned absolute positions), residual schemes {', '.join(schemes)}, seeds {zoo_seeds}; "
+    f"{'rotary' if mcfg.positional == 'rotary' else 'learned absolute'} positions), residual schemes {', '.join(schemes)}, seeds {zoo_seeds}; "
     f"{cfg0.n_steps} steps of {cfg0.batch_size} × {mcfg.n_ctx} = {total_tokens:,} training tokens each. "
     "**Tiny next to the paper's 1B-class models** (Pythia 1B, OLMo 1B, OLMoE 1B-7B, hundreds of billions of tokens)"
 )
 data_description = (
-    f"training: {corpus.description} {cfg0.repeat_fraction:.0%} of training sequences carry one repeated "
-    f"span of their own text (so induction can form in a CPU budget). Screen: {probe.describe()}, scaled "
+    f"training: {corpus.description} {cfg0.data_mixture()} Screen: {probe.describe()}, scaled "
     f"down from the paper's 2000 × 256 to our context and vocabulary"
 )
 info = zoo.model_info(zoo_size, model_description)

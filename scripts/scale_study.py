@@ -103,7 +103,7 @@ def analyse(size: str, seeds: list[int], schemes: list[str], out: Path, n_seqs: 
     mcfg = cfg0.model
     n_repeat = (mcfg.n_ctx - 1) // 2
     data = load_data(cfg0.data, mcfg.d_vocab)
-    text = get_batch(dataclasses.replace(cfg0, repeat_fraction=0.0, batch_size=n_seqs, seed=0), data.val, 0, split_salt=5)
+    text = get_batch(cfg0.text_only(batch_size=n_seqs, seed=0), data.val, 0, split_salt=5)
     rrt = repeated_random_tokens(n_repeat, n_seqs, vocab_size=mcfg.d_vocab, bos_token_id=BOS_ID, exclude_ids=[UNK_ID], seed=0)
     probe = S.probe_batch(n_probe, mcfg.n_ctx, (2, mcfg.d_vocab), 42, bos_id=BOS_ID)
     text, rrt = text.to(device), rrt.to(device)

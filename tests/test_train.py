@@ -350,8 +350,10 @@ def test_device_is_checked_and_part_of_the_run_id_except_for_the_cpu():
     cfg = micro()
     assert cfg.device == "cpu" and cfg.n_tokens == 24 * 4 * 16
     assert dataclasses.replace(cfg, device="cuda").run_id() != cfg.run_id()
-    # a CPU run's id leaves the device out (runs trained before the field existed kept their ids)
-    assert "device" not in json.dumps(cfg.to_dict()) or cfg.run_id() == T.TrainConfig.from_dict(cfg.to_dict()).run_id()
+    # the book's zoo keeps its run ids, so cached models stay valid: a change here retrains the zoo
+    # (on a machine with bf16 matrix instructions; elsewhere the precision, and so the id, differs)
+    if T.cpu_has_bf16_matmul():
+        assert zoo.config("residual", "small", 0).run_id() == "d59bcfa217"
     with pytest.raises(ValueError, match="device must be"):
         micro(device="tpu")
 

@@ -164,7 +164,7 @@ def standard_inputs(cfg, *, n_seqs: int = 32, n_probe: int = 256, seed: int = 0)
 
     m = cfg.model
     data = load_data(cfg.data, m.d_vocab)
-    text_cfg = dataclasses.replace(cfg, repeat_fraction=0.0, random_segment_fraction=0.0, batch_size=n_seqs, seed=seed)
+    text_cfg = cfg.text_only(batch_size=n_seqs, seed=seed)
     text = get_batch(text_cfg, data.val, 0, split_salt=5)
     n = (m.n_ctx - 1) // 2
     repeated = repeated_random_tokens(n, n_seqs, vocab_size=m.d_vocab, bos_token_id=BOS_ID, exclude_ids=[UNK_ID], seed=seed)

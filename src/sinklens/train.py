@@ -36,6 +36,14 @@ thread count, and these small models' many small operations gain little from a s
 (and lose a lot when other processes compete for the cores); run two trainings at once
 instead (``python -m sinklens.zoo --jobs 2``).
 
+Precision: ``TrainConfig.precision`` is ``"bf16"`` (the forward pass under
+``torch.autocast(dtype=torch.bfloat16)``; master weights, optimiser state, the residual streams
+of the multi-stream schemes, their coefficients and Sinkhorn stay fp32) or ``"fp32"``; the default
+``"auto"`` resolves, when the config is made, to bf16 where the hardware has bf16 matrix
+instructions (AMX-BF16 / AVX512-BF16 on a CPU) and to fp32 elsewhere, with a one-line message.
+The resolved precision is part of the config and so of the run id. Validation loss and all
+analysis run in fp32. bf16 runs are as deterministic, and resume as bitwise, as fp32 ones.
+
 ``TrainConfig.device = "cuda"`` trains on a GPU (the zoo's ``medium`` size), with TF32 matrix
 products. The initial weights and the batches are the same as on the CPU; the float results are
 not, and a GPU run is not guaranteed bitwise reproducible, so the device is part of the run id.
@@ -183,6 +191,23 @@ class TrainConfig:
             self.precision = default_precision(self.device)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS} or 'auto', got {self.precision!r}.")
+
+    def text_only(self, **changes) -> "TrainConfig":
+        """This config with no repeated spans or random segments (plain held-out text windows)."""
+        return dataclasses.replace(self, repeat_fraction=0.0, random_segment_fraction=0.0, **changes)
+
+    def data_mixture(self) -> str:
+        """The training rows in words, for the pages that use these models."""
+        parts = []
+        if self.repeat_fraction:
+            parts.append(f"{self.repeat_fraction:.0%} of the training sequences carry one span of their own text "
+                         "repeated later in the sequence")
+        if self.random_segment_fraction:
+            lo, hi = self.random_segment_lengths
+            parts.append(f"{self.random_segment_fraction:.0%} carry a segment of {lo}-{hi} uniformly random token ids "
+                         "copied to a random later position (so the offset between the copies varies)")
+        return ("; ".join(parts) + ". These repeats are there so that induction heads can form on a CPU budget."
+                if parts else "Plain text windows, no repeats.")
 
     @property
     def tokens_per_step(self) -> int:
@@ -468,8 +493,8 @@ def _amax_hook(store: list):
 
 @torch.no_grad()
 def evaluate(model: GPT, cfg: TrainConfig, stream: np.ndarray, n_batches: int = 4) -> float:
-    """Mean next-token loss on ``n_batches`` fixed batches of ``stream`` (no repeated spans)."""
-    plain = dataclasses.replace(cfg, repeat_fraction=0.0)
+    """Mean next-token loss (fp32) on ``n_batches`` fixed batches of ``stream`` (no repeats of any kind)."""
+    plain = cfg.text_only()
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

@@ -2,8 +2,9 @@
 
 Sizes (all GPT-2-style, see :mod:`sinklens.model`; data and tokeniser in :mod:`sinklens.train`):
 
-- ``tiny``: 2 layers, d_model 128, 4 heads, context 64, vocab 2048, 3000 steps of 32 x 64 tokens
-  (6.1M tokens). For CI and tests; it still forms a previous-token -> induction circuit.
+- ``tiny``: 4 layers, d_model 128, 4 heads, context 64, vocab 2048, 3000 steps of 32 x 64 tokens
+  (6.1M tokens). For CI and tests; it still forms a confirmed previous-token -> induction circuit
+  (``tests/test_zoo_formation.py``; 2 and 3 layers did not pass the screen).
 - ``small``: 6 layers, d_model 128, 4 heads, context 64, vocab 2048, 3000 steps of 32 x 64 tokens
   (6.1M tokens). For the book.
 - ``medium``: 6 layers, d_model 256, 8 heads, context 256, vocab 4096, 3000 steps of 64 x 256
@@ -45,7 +46,7 @@ SINKHORN_TOL = 1e-6  # mHC: stop Sinkhorn once rows are within this of 1 (at mos
 
 SIZES: dict[str, dict] = {
     "tiny": dict(
-        model=dict(n_layers=2, d_model=128, n_heads=4, n_ctx=64, d_vocab=2048, positional="rotary"),
+        model=dict(n_layers=4, d_model=128, n_heads=4, n_ctx=64, d_vocab=2048, positional="rotary"),
         batch_size=32,
         n_steps=3000,
         lr=3e-3,
@@ -102,10 +103,17 @@ def model_info(size: str, description: str) -> ModelInfo:
     """Provenance of the zoo models of ``size`` for a chapter's header and results JSON."""
     return ModelInfo(
         name=f"sinklens-zoo-{size}", requested=f"sinklens-zoo-{size}", description=description,
-        is_gpt2=False, source="trained offline by sinklens.train (sinklens.zoo)",
+        is_gpt2=False, source=f"trained offline by sinklens.train (sinklens.zoo), {training_precision(size)}",
         positional="rotary" if config("residual", size).model.positional == "rotary" else "learned absolute",
         trained_here=True,
     )
+
+
+def training_precision(size: str) -> str:
+    """How the models of ``size`` train, in words: ``"bf16 autocast on the CPU"`` and the like."""
+    cfg = config("residual", size)
+    where = "a CUDA GPU" if cfg.device.startswith("cuda") else "the CPU"
+    return f"{'bf16 autocast (fp32 master weights)' if cfg.precision == 'bf16' else 'fp32'} on {where}"
 
 
 def run_dir(cfg: TrainConfig) -> Path:
