@@ -49,9 +49,8 @@ data_seed = 0  # seed of those windows and sequences (the models' training seeds
 n_repeat = 0  # N in BOS + R + R; 0: as long as the context allows, (n_ctx - 1) // 2
 top_k = 4  # heads per type for the layer distribution (the original: 20 of 720)
 ablation_mode = "zero"  # "zero" (hook_z of the head set to 0) or "mean"
-min_prev_score = 0.3  # a model "has" previous-token heads if its best head scores this high
-min_induction_score = 0.2  # ... induction heads
-min_duplicate_score = 0.2  # ... duplicate-token heads
+min_duplicate_score = 0.4  # a model "has" duplicate-token heads if its best head scores this high (the
+# book's induction threshold; previous-token and induction heads are judged by sinklens.formation, Section 1b)
 formation_n_probe = 256  # probe sequences of the selectivity screen in the formation criteria
 released_models = False  # True: also run the layer analysis on the authors' 781M models (online only)
 released_n_seqs = 8
@@ -70,10 +69,11 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
+from sinklens import claims, formation
 from sinklens import head_ablation as ha
 from sinklens import zoo
 from sinklens.data import repeated_random_tokens
-from sinklens.hyperconnections import SCHEMES, amax_gain, doubly_stochastic_error
+from sinklens.hyperconnections import H_RES_DIAGONAL_INIT, SCHEMES, amax_gain, doubly_stochastic_error
 from sinklens.plotting import attention_view, set_style
 from sinklens.provenance import ChapterResults, provenance_markdown
 from sinklens.scores import all_head_scores, column_means
@@ -109,8 +109,8 @@ results = ChapterResults(
     model=info.to_dict(),
     data=data.description,
     parameters=dict(zoo_size=zoo_size, seeds=seeds, n_seqs=n_seqs, data_seed=data_seed, n_repeat=N, top_k=top_k,
-                    ablation_mode=ablation_mode, min_prev_score=min_prev_score,
-                    min_induction_score=min_induction_score, min_duplicate_score=min_duplicate_score),
+                    ablation_mode=ablation_mode, formation_criteria=dataclasses.asdict(formation.Criteria()),
+                    min_duplicate_score=min_duplicate_score),
 )
 if zoo_size == "tiny":
     display(Markdown(
@@ -155,6 +155,16 @@ display(Markdown(
 ))
 
 # %% [markdown]
+# **How these models' recipe was chosen.** A model this size trained on plain text forms no
+# induction heads within a CPU budget, so the training rows mix in repeated random-token segments
+# (the data line at the top of the page says how many). The recipe (depth, width, rotary
+# positions, context, batch, learning-rate schedule, steps, data mixture) was chosen on the
+# residual scheme alone, by the formation criteria below, fixed before the search, and then
+# frozen; only then were HC, mHC and mHC-lite trained with it. The candidates tried, with seeds
+# and results, are in the README's zoo section (`scripts/recipe_search.py`). The recipe was never
+# changed after seeing an mHC result.
+
+# %% [markdown]
 # ## 1b. Did the circuits form?
 #
 # The claims below are about previous-token, induction and duplicate-token heads, so first: did
@@ -169,8 +179,6 @@ display(Markdown(
 # effect, in our own models), and how many heads are first-token sinks (>= 0.5 on position 0).
 
 # %%
-from sinklens import formation
-
 formation_inputs = formation.standard_inputs(cfg0, n_seqs=n_seqs, n_probe=formation_n_probe, seed=data_seed)
 formation_rows, decisions = [], {}
 for (scheme, s), model in models.items():
@@ -255,8 +263,9 @@ display(best.groupby("scheme").agg(["mean", "min", "max"]).reindex(SCHEMES).styl
     "The best head of each model, per score (mean, min, max over seeds)"))
 uniform_prev = float(np.mean([1 / (q + 1) for q in range(1, mcfg.n_ctx)]))
 present = {
-    "previous_token": bool((best["previous_token"] >= min_prev_score).all()),
-    "induction": bool((best["induction (R+R)"] >= min_induction_score).all()),
+    # present in every model, by the formation criteria of Section 1b (induction: confirmed heads only)
+    "previous_token": all(d.passes["previous_token"] for d in decisions.values()),
+    "induction": all(d.passes["induction"] for d in decisions.values()),
     "duplicate_token": bool((best["duplicate_token (R+R)"] >= min_duplicate_score).all()),
 }
 display(Markdown(
@@ -455,9 +464,12 @@ results.record(
 #
 # The original's verticality is computed on the attention pattern *averaged over the top-5
 # heads*: the column means over all query rows, max over mean. We do the same (on each held-out
-# window, then average), for the top-k heads by ablation effect ("load-bearing") and by
-# previous-token score ("pattern-top"). The scatter shows every head's own verticality and
-# kurtosis (causal column means, `sinklens.scores`).
+# window, then average), for the previous-token heads with the largest ablation effects
+# ("load-bearing", at most top-k of them) and the top-k heads by previous-token score
+# ("pattern-top"). The verdict compares them with two baselines computed in `sinklens.claims`:
+# uniform causal attention (what a head that attends to nothing in particular scores) and the
+# residual model's load-bearing previous-token heads (the control: is the effect mHC's?). The
+# scatter shows every head's own verticality and kurtosis (causal column means, `sinklens.scores`).
 
 # %%
 def group_verticality(patterns: torch.Tensor, group: list[tuple[int, int]]) -> float:
@@ -467,11 +479,18 @@ def group_verticality(patterns: torch.Tensor, group: list[tuple[int, int]]) -> f
     return float((c.amax(-1) / c.mean(-1)).mean())
 
 
+def load_bearing_previous_token_heads(pm: dict, decision) -> list[tuple[int, int]]:
+    """The previous-token heads (formation criteria) with the largest ablation effects, at most top_k."""
+    prev = decision.previous_token_heads or ha.top_k_heads(pm["text"]["previous_token"], 1)
+    return sorted(prev, key=lambda lh: -float(pm["ablation"][lh]))[:top_k]
+
+
 vert_rows = []
 for (scheme, s), pm in per_model.items():
-    lb, pt = ha.top_k_heads(pm["ablation"], top_k), ha.top_k_heads(pm["text"]["previous_token"], top_k)
+    lb = load_bearing_previous_token_heads(pm, decisions[scheme, s])
+    pt = ha.top_k_heads(pm["text"]["previous_token"], top_k)
     kurt = pm["text"]["kurtosis"]
-    vert_rows.append(dict(scheme=scheme, seed=s,
+    vert_rows.append(dict(scheme=scheme, seed=s, n_load_bearing=len(lb),
                           load_bearing=group_verticality(pm["patterns"], lb), pattern_top=group_verticality(pm["patterns"], pt),
                           kurtosis_load_bearing=float(np.nanmean([kurt[l, h] for l, h in lb])),
                           kurtosis_pattern_top=float(np.nanmean([kurt[l, h] for l, h in pt]))))
@@ -485,35 +504,35 @@ for ax, scheme in zip(axes, SCHEMES):
         pm = per_model[scheme, s]
         v, k = pm["text"]["verticality"].numpy(), pm["text"]["kurtosis"].numpy()
         ax.scatter(v.ravel(), k.ravel(), s=10, color="lightgrey", zorder=1)
-        for group, marker, label in [(ha.top_k_heads(pm["ablation"], top_k), "o", "load-bearing"),
+        for group, marker, label in [(load_bearing_previous_token_heads(pm, decisions[scheme, s]), "o", "load-bearing"),
                                      (ha.top_k_heads(pm["text"]["previous_token"], top_k), "x", "pattern-top")]:
             ax.scatter([v[l, h] for l, h in group], [k[l, h] for l, h in group], marker=marker, s=30,
                        color=COLORS[scheme], label=label if s == seeds[0] else None, zorder=2)
     ax.set(title=scheme, xlabel="verticality (causal column means)")
     ax.legend(fontsize=7)
 axes[0].set_ylabel("kurtosis of column means")
-fig.suptitle(f"Every head (grey); top-{top_k} by ablation effect (o) and by previous-token score (x)", y=1.02)
+fig.suptitle(f"Every head (grey); load-bearing previous-token heads (o) and top-{top_k} by previous-token score (x)", y=1.02)
 fig.tight_layout()
 plt.show()
 
 lb_m = vert[vert.scheme == "mhc"].load_bearing.to_numpy()
 pt_m = vert[vert.scheme == "mhc"].pattern_top.to_numpy()
-if not present["previous_token"]:
-    v_vert = "not tested here"
-elif (lb_m > pt_m).all() and lb_m.mean() >= 3:
-    v_vert = "reproduced"
-elif (lb_m > pt_m).any():
-    v_vert = "partly"
-else:
-    v_vert = "not reproduced"
+rule_vert = claims.sink_like_previous_token_heads(
+    lb_m, vert[vert.scheme == "mhc"].kurtosis_load_bearing.to_numpy(),
+    vert[vert.scheme == "residual"].load_bearing.to_numpy(), length=mcfg.n_ctx, heads_present=present["previous_token"])
+v_vert = rule_vert.verdict
 display(Markdown(
-    f"Under mHC the load-bearing heads' verticality is {lb_m.mean():.2f} (seeds: {', '.join(f'{x:.2f}' for x in lb_m)}), "
-    f"the pattern-top heads' {pt_m.mean():.2f}; in the residual model {vagg.loc['residual', ('load_bearing', 'mean')]:.2f} and "
-    f"{vagg.loc['residual', ('pattern_top', 'mean')]:.2f}. The original: {ha.MHC_INTERP_VERTICALITY['load_bearing']} "
-    f"against about {ha.MHC_INTERP_VERTICALITY['pattern_top']:.0f}. Note that this verticality counts the causally masked "
-    f"zeros, so even uniform causal attention scores about ln(L) ≈ {np.log(mcfg.n_ctx):.1f} at our context of "
-    f"{mcfg.n_ctx} (the original's probe was a short prompt). **Claim 2 (load-bearing previous-token heads under "
-    f"mHC are sink-like): {v_vert}.**"
+    f"Under mHC the load-bearing previous-token heads' verticality is {lb_m.mean():.2f} (seeds: "
+    f"{', '.join(f'{x:.2f}' for x in lb_m)}), the pattern-top heads' {pt_m.mean():.2f}; in the residual model "
+    f"{vagg.loc['residual', ('load_bearing', 'mean')]:.2f} and {vagg.loc['residual', ('pattern_top', 'mean')]:.2f}. "
+    f"The original: {ha.MHC_INTERP_VERTICALITY['load_bearing']} against about "
+    f"{ha.MHC_INTERP_VERTICALITY['pattern_top']:.0f}, on a 15-token prompt. This verticality counts the causally "
+    f"masked zeros, so uniform causal attention already scores the harmonic number H_L = "
+    f"{claims.uniform_verticality(mcfg.n_ctx):.2f} at our context of {mcfg.n_ctx} (and {claims.uniform_verticality(15):.2f} "
+    f"at the original's 15 tokens; `sinklens.claims.uniform_verticality`); uniform attention's kurtosis of column "
+    f"means is {claims.uniform_kurtosis(mcfg.n_ctx):.2f}. Load-bearing = the previous-token heads (formation "
+    f"criteria) with the largest ablation effects. **Claim 2 (load-bearing previous-token heads under mHC are "
+    f"sink-like): {v_vert}.** Rule: {rule_vert.rule}."
 ))
 results.record(
     "mhc-prev-token-heads-are-sinks",
@@ -526,8 +545,8 @@ results.record(
            "original": ha.MHC_INTERP_VERTICALITY},
     verdict=v_vert, source="MHC Interp #1 (verticality_figure.py)", seeds=list(seeds),
     details="verticality of the head-averaged pattern, column means over all rows (mhc-interp's definition); "
-            "load-bearing = top-k by total ablation effect (the original: by indirect effect); "
-            "reproduced = load-bearing > pattern-top in every seed and >= 3 on average",
+            "load-bearing = the previous-token heads with the largest total ablation effects (the original: by "
+            "indirect effect); " + rule_vert.rule,
 )
 
 # %% [markdown]
@@ -573,14 +592,18 @@ mhc_max = max(gain_train_max["mhc"] + gain_final["mhc"])
 lite_max = max(gain_train_max["mhc-lite"] + gain_final["mhc-lite"])
 bounded = mhc_max < 1.1 and lite_max < 1.001
 hc_grows = min(max(gain_train_max["hc"][i], gain_final["hc"][i]) for i in range(len(seeds))) > 1.5
-v_amax = "reproduced" if bounded and hc_grows else ("partly" if bounded else "not reproduced")
+# A doubly stochastic product has gain 1: mHC's bound is a guarantee of the method ("by construction",
+# not evidence) unless Sinkhorn's approximation broke it. HC's growth is the measured part (its own claim).
+v_amax = "by construction" if bounded else "not reproduced"
+v_hc_grows = "reproduced" if hc_grows else "not reproduced"
 display(Markdown(
     f"Largest forward Amax gain of the composite during training: HC {hc_max:.2f}, mHC {mhc_max:.4f}, mHC-lite "
     f"{lite_max:.6f} (max over {len(seeds)} seed{'s' if len(seeds) > 1 else ''}); after training: HC "
     f"{np.mean(gain_final['hc']):.2f}, mHC {np.mean(gain_final['mhc']):.4f}, mHC-lite {np.mean(gain_final['mhc-lite']):.6f}. "
-    f"**Claim 5 (mHC bounds the gain, HC's grows): {v_amax}.** With {2 * n_layers} sub-layers the composite is a short "
-    f"product; the mHC paper's HC gains in the thousands came from a 27B model with 60+ layers. A deeper model "
-    f"would show how fast HC's gain compounds; mHC's is bounded by construction."
+    f"**Claim 5 (mHC bounds the gain): {v_amax}**; **HC's gain grows (above 1.5 in every seed): {v_hc_grows}.** "
+    f"With {2 * n_layers} sub-layers the composite is a short product; the mHC paper reports HC gains in the "
+    f"thousands on a much deeper model (Xie et al. 2025). mHC's bound is a property of doubly stochastic matrices, "
+    f"so it is listed as a guarantee, not as evidence."
 ))
 results.record(
     "mhc-bounds-amax-gain",
@@ -588,7 +611,15 @@ results.record(
     value={"max_during_training": gain_train_max, "final_composite": gain_final,
            "final_by_depth_mean": {k: v.mean(0).tolist() for k, v in depth_curves.items()}},
     verdict=v_amax, source="MHC Interp #1; Xie et al. 2025 (arXiv 2512.24880)", seeds=list(seeds),
-    details="reproduced = mHC < 1.1 and mHC-lite < 1.001 everywhere, and HC > 1.5 in every seed",
+    details="by construction (doubly stochastic H_res) when mHC < 1.1 and mHC-lite < 1.001 everywhere; "
+            "not reproduced otherwise",
+)
+results.record(
+    "hc-amax-gain-grows",
+    "Without the constraint (HC), the composite Amax gain grows above 1",
+    value={"max_during_training": gain_train_max["hc"], "final_composite": gain_final["hc"]},
+    verdict=v_hc_grows, source="Xie et al. 2025 (arXiv 2512.24880)", seeds=list(seeds),
+    details="reproduced = HC's forward gain (max during training or at the end) > 1.5 in every seed",
 )
 
 # %% [markdown]
@@ -617,10 +648,11 @@ plt.show()
 val = {scheme: np.array([histories[scheme, s]["val_loss"] for s in seeds]) for scheme in SCHEMES}
 diff = val["mhc-lite"] - val["mhc"]
 seed_spread = max(float(val["mhc"].std()), float(val["mhc-lite"].std())) if len(seeds) > 1 else 0.0
-parity = abs(diff.mean()) <= max(2 * seed_spread, 0.01)
-exact = float(ds_err["mhc-lite"].max()) < 1e-5
+# parity needs a seed-to-seed spread to compare with: with one seed there is no test
+parity = abs(diff.mean()) <= 2 * seed_spread if len(seeds) > 1 else None
+exact = float(ds_err["mhc-lite"].max()) < 1e-5  # by construction (Birkhoff-von Neumann), shown, not evidence
 same_layout = all(abs(mean_depth[k, "mhc"] - mean_depth[k, "mhc-lite"]) <= 1 / n_layers for k in ("previous_token", "induction"))
-v_lite = "reproduced" if (parity and exact) else ("partly" if (parity or exact) else "not reproduced")
+v_lite = "not tested here" if parity is None else ("reproduced" if parity else "not reproduced")
 twin_rho = [ha.spearman(per_model["mhc", s]["ablation"], per_model["mhc-lite", s]["ablation"]) for s in seeds]
 from sinklens.model import GPT  # noqa: E402
 
@@ -642,7 +674,8 @@ display(Markdown(
     f"Two cautions. The mHC and mHC-lite models of one seed start from "
     f"{'the same' if shared_init else 'different'} transformer weights (checked: the connection modules draw no "
     "random numbers, so the seed gives every scheme the same attention and MLP weights) and nearly the same "
-    "`H_res` (0.95 on the diagonal), so their closeness is partly inherited from the start. "
+    f"`H_res` ({H_RES_DIAGONAL_INIT} on the diagonal, `sinklens.hyperconnections.H_RES_DIAGONAL_INIT`), so their "
+    "closeness is partly inherited from the start. "
     "And the last sub-layer's `H_res` never reaches the loss: the readout sums the streams, and the sum of "
     "`H_res X` over streams depends only on the column sums of `H_res`, which are exactly 1 (Sinkhorn ends "
     "on a column normalisation); it gets no gradient and keeps its initial, nearly exact, value."
@@ -656,7 +689,8 @@ results.record(
            "ablation_rank_correlation_mhc_vs_lite": twin_rho,
            "same_head_layout": same_layout},
     verdict=v_lite, source="MHC Interp #1; Yang & Gao 2026 (arXiv 2601.05732)", seeds=list(seeds),
-    details="parity = |mean loss difference| <= max(2 x seed std, 0.01 nats); exact = mHC-lite deviation < 1e-5",
+    details="reproduced = |mean held-out loss difference, mHC-lite - mHC| <= 2 x the larger seed std (needs >= 2 "
+            f"seeds); mHC-lite's exactness (deviation < 1e-5: {exact}) holds by construction and is not counted",
 )
 
 # %% [markdown]

@@ -437,7 +437,9 @@ display(Markdown(
     "(median over seeds): "
     + "; ".join(f"{s}: " + ("never rises" if shape[s] == "no rise" else
                 f"{rises.loc[s].jump_share.median():.0%} ({shape[s]})") for s in schemes)
-    + f". The paper: OLMo 7% → 70% in one step (≈ 90% of its rise, sudden); Pythia and OLMoE gradual. "
+    + f". The paper (arXiv 2606.02378) reports OLMo's BOS fraction rising from 7% to 70% in one step (sudden: "
+    f"that step is {(0.70 - 0.07) / 0.70:.0%} of its rise to 70%, computed from the two published values); "
+    "Pythia and OLMoE gradual. "
     f"Our snapshots are log-spaced (each about {np.exp(np.log(cfg0.n_steps) / max(1, cfg0.n_snapshots - 2)):.2f}× "
     "the previous step), like a coarse version of theirs."
 ))

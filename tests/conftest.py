@@ -43,7 +43,7 @@ class CIBook:
         for source in book.chapter_sources():
             try:
                 book.execute_chapter(source, self.notebook(source.stem), book.mode_parameters(source.stem, "ci"),
-                                     results_dir=self.results)
+                                     results_dir=self.results, run_mode="ci")
             except Exception as e:  # reported by the chapter's own test; the other chapters still run
                 self.failures[source.stem] = e
         self._html = None

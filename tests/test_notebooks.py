@@ -121,5 +121,22 @@ def test_scorecard_rows_escape_pipes_and_summarise_values(tmp_path):
     text = book.write_scorecard(tmp_path, tmp_path / "sc.md", chapters=["01_x"]).read_text()
     row = [line for line in text.splitlines() if line.startswith("| [01](chapters/01_x.ipynb)")][0]
     assert "x \\| y" in row and "ratio: 0.123" in row and "heads: [1, 2, 3, 4, …]" in row
-    assert "(+1 more in the JSON)" in row and "**partly**" in row and "| m | 0, 1 |" in row
-    assert "- **01_x**: model: m; data: d." in text
+    assert "(+1 more in the JSON)" in row and "**partly**" in row and "| custom | m | 0, 1 | s |" in row
+    assert "- **01_x** (custom run): model: m; data: d." in text
+
+
+def test_scorecard_counts_evidence_apart_from_guarantees_and_shows_rule_mode_and_model(tmp_path):
+    claim = lambda i, verdict, **kw: {"id": i, "claim": f"claim {i}", "source": "", "value": 1.0,  # noqa: E731
+                                      "verdict": verdict, "seeds": [], "details": f"rule {i}", **kw}
+    claims = [claim("a", "reproduced"), claim("b", "by construction"), claim("c", "pass"),
+              claim("d", "not tested here", model="sinklens-zoo-small")]
+    (tmp_path / "01_x.json").write_text(json.dumps({"chapter": "01_x", "run_mode": "book", "model": {"name": "m"},
+                                                    "data": "d", "claims": claims}))
+    text = book.write_scorecard(tmp_path, tmp_path / "sc.md", chapters=["01_x"]).read_text()
+    assert "**2 claims tested as evidence, from 1 chapters:** 1 reproduced, 1 not tested here." in text
+    assert "Listed apart: 1 by construction, 1 pass." in text
+    assert "Not the book's run" not in text
+    row_d = [line for line in text.splitlines() if "claim d" in line][0]
+    assert "| rule d | book | sinklens-zoo-small |" in row_d
+    (tmp_path / "01_x.json").write_text(json.dumps({"chapter": "01_x", "run_mode": "ci", "claims": claims}))
+    assert "Not the book's run" in book.write_scorecard(tmp_path, tmp_path / "sc.md", chapters=["01_x"]).read_text()

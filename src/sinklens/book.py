@@ -41,6 +41,9 @@ class ChapterExecutionError(RuntimeError):
     """A chapter failed while executing; the message names the chapter and the failing cell."""
 
 
+NOT_EVIDENCE = ("by construction", "pass", "fail")  # verdicts the scorecard lists apart from the evidence
+
+
 class MissingResultsError(RuntimeError):
     """A chapter's results JSON is missing or unreadable, so the scorecard cannot be generated."""
 
@@ -110,10 +113,13 @@ def execute_chapter(
     *,
     results_dir: Path | None = None,
     kernel_threads: int = 1,
+    run_mode: str = "custom",
 ) -> Path:
     """Execute one chapter with papermill into ``output`` (an ``.ipynb``); return ``output``.
 
     The kernel runs with ``OMP_NUM_THREADS=kernel_threads`` (default 1, see below).
+    ``run_mode`` (``"book"``, ``"ci"`` or ``"custom"``) is recorded in the results JSON and shown
+    on the scorecard (``$SINKLENS_RUN_MODE`` in the kernel).
     """
     import jupytext
     import papermill as pm
@@ -123,8 +129,9 @@ def execute_chapter(
     output.parent.mkdir(parents=True, exist_ok=True)
     staged = output.with_suffix(".src.ipynb")
     jupytext.write(jupytext.read(source), staged)
-    saved = {k: os.environ.get(k) for k in ("SINKLENS_RESULTS_DIR", "MPLBACKEND", "OMP_NUM_THREADS")}
+    saved = {k: os.environ.get(k) for k in ("SINKLENS_RESULTS_DIR", "MPLBACKEND", "OMP_NUM_THREADS", "SINKLENS_RUN_MODE")}
     os.environ["SINKLENS_RESULTS_DIR"] = str(results_dir or RESULTS)
+    os.environ["SINKLENS_RUN_MODE"] = run_mode
     os.environ.pop("MPLBACKEND", None)  # the kernel must use the inline backend to embed figures
     # One torch thread in the kernel: results then do not depend on the core count, and on this
     # 2-core machine kind a 2-thread kernel ran SmolLM2's forward pass ~10x slower than 1 thread.
@@ -160,7 +167,7 @@ def execute_all(
         start = time.time()
         print(f"[sinklens] executing {src.stem} ({mode} parameters)...", flush=True)
         out = execute_chapter(src, Path(out_dir) / f"{src.stem}.ipynb", mode_parameters(src.stem, mode),
-                              results_dir=Path(results_dir))
+                              results_dir=Path(results_dir), run_mode=mode)
         print(f"[sinklens] {src.stem} done in {time.time() - start:.0f} s", flush=True)
         outputs.append(out)
     return outputs
@@ -228,37 +235,51 @@ def write_scorecard(results_dir: Path, output: Path, chapters: list[str] | None 
             + ". Execute the chapters first (`make chapters`, or `python -m sinklens.book execute`)."
         )
     counts: dict[str, int] = {}
-    rows, legend = [], []
+    apart: dict[str, int] = {}
+    rows, legend, modes = [], [], set()
     for res in loaded:
         model = res.get("model") or {}
-        legend.append(f"- **{res['chapter']}**: model: {model.get('description') or model.get('name', '–')}; "
+        mode = res.get("run_mode", "custom")
+        modes.add(mode)
+        legend.append(f"- **{res['chapter']}** ({mode} run): model: {model.get('description') or model.get('name', '–')}; "
                       f"data: {(res.get('data') or '–').rstrip('.')}.")
         for c in res["claims"]:
-            counts[c["verdict"]] = counts.get(c["verdict"], 0) + 1
+            tally = apart if c["verdict"] in NOT_EVIDENCE else counts
+            tally[c["verdict"]] = tally.get(c["verdict"], 0) + 1
             seeds = ", ".join(str(s) for s in c.get("seeds", [])) or "–"
+            claim_model = c.get("model") or model.get("name", "")
             rows.append("| " + " | ".join(_cell(x) for x in (
                 f"[{res['chapter'][:2]}](chapters/{res['chapter']}.ipynb)", f"**{c['verdict']}**", c["claim"],
-                _summarise(c["value"]), c.get("source", ""), model.get("name", ""), seeds,
+                _summarise(c["value"]), c.get("details", "") or "–", mode, claim_model, seeds, c.get("source", ""),
             )) + " |")
-    tally = ", ".join(f"{n} {v}" for v, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    fmt = lambda d: ", ".join(f"{n} {v}" for v, n in sorted(d.items(), key=lambda kv: -kv[1])) or "none"  # noqa: E731
+    banner = []
+    if modes != {"book"}:
+        banner = [f"> **Not the book's run:** chapters here ran in {', '.join(sorted(modes))} mode "
+                  "(the CI run uses small parameters and the small CI models), so these verdicts are not the "
+                  "published ones.", ""]
     text = "\n".join([
         "# Claims scorecard",
         "",
-        "Every claim the book tests, with what we measured and the verdict the chapter's code computed. "
-        "This page is generated from the chapters' results JSON (`book/_build/results/*.json`) at "
-        "every build by `sinklens.book.write_scorecard`; nothing on it is typed by hand, and the "
-        "build fails if a chapter's results are missing. Verdicts: *reproduced*, *partly*, *not "
-        "reproduced*, *not tested here* (our models or data cannot test it), *pass*/*fail* (a check "
-        "of our own code), *measured* (a number we report without a published value to compare).",
+        *banner,
+        "Every claim the book tests, with what we measured, the rule that decided it and the verdict the "
+        "chapter's code computed. This page is generated from the chapters' results JSON "
+        "(`book/_build/results/*.json`) at every build by `sinklens.book.write_scorecard`; nothing on it is "
+        "typed by hand, and the build fails if a chapter's results are missing. Verdicts: *reproduced*, "
+        "*partly*, *not reproduced*, *not tested here* (the phenomenon is absent in our models or data, so "
+        "the claim cannot be tested), *measured* (a number we report without a published value to compare). "
+        "Not evidence, and counted apart: *by construction* (a guarantee of the method, true whatever the "
+        "models do) and *pass*/*fail* (a check of our own code).",
         "",
-        f"**{len(rows)} claims from {len(loaded)} chapters:** {tally}.",
+        f"**{sum(counts.values())} claims tested as evidence, from {len(loaded)} chapters:** {fmt(counts)}. "
+        f"Listed apart: {fmt(apart)}.",
         "",
         "Model and data of each chapter's run:",
         "",
         *legend,
         "",
-        "| Ch. | Verdict | Claim | What we measured | Source | Model | Seeds |",
-        "|---|---|---|---|---|---|---|",
+        "| Ch. | Verdict | Claim | What we measured | Rule | Run | Model | Seeds | Source |",
+        "|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
     ])

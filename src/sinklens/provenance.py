@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-VERDICTS = ("reproduced", "partly", "not reproduced", "not tested here", "pass", "fail", "measured")
+VERDICTS = ("reproduced", "partly", "not reproduced", "not tested here", "pass", "fail", "measured", "by construction")
 
 
 def provenance_markdown(model_info: Any = None, data_description: str | None = None) -> str:
@@ -77,6 +77,7 @@ class ChapterResults:
         source: str = "",
         seeds: list[int] | None = None,
         details: str = "",
+        model: str | None = None,
     ) -> dict:
         """Add one claim with its measured value and computed verdict."""
         if verdict not in VERDICTS:
@@ -87,12 +88,15 @@ class ChapterResults:
             "id": claim_id, "claim": claim, "source": source, "value": _jsonable(value),
             "verdict": verdict, "seeds": seeds or [], "details": details,
         }
+        if model is not None:  # the claim is about another model than the chapter's (e.g. our trained zoo)
+            entry["model"] = model
         self.claims.append(entry)
         return entry
 
     def to_dict(self) -> dict:
         return {
             "chapter": self.chapter,
+            "run_mode": os.environ.get("SINKLENS_RUN_MODE", "custom"),
             "model": self.model,
             "data": self.data,
             "parameters": _jsonable(self.parameters),
