@@ -40,7 +40,7 @@ threshold = 0.4  # induction-score threshold, as in Chapter 2
 batch_size = 8
 n_seqs_variants = 8  # text sequences for the first-token experiments
 move_bos_to = 32  # where the BOS goes in the "BOS moved" variant
-massive_ratio = 10.0  # a position-0 residual norm this many times the others' median counts as massive
+massive_ratio = 10.0  # a position-0 residual norm this many times the others' median is massive (as in chapter 4)
 n_heads_to_plot = 4
 
 # %%
@@ -55,7 +55,7 @@ import seaborn as sns
 import torch
 from IPython.display import Markdown, display
 
-from sinklens import probes
+from sinklens import circuits, probes
 from sinklens.data import load_text_dataset, repeated_random_tokens, text_batch
 from sinklens.models import load_model
 from sinklens.plotting import attention_heatmaps, attention_view, set_style, token_labels
@@ -310,7 +310,7 @@ ax.set_title("Residual norm by layer, text")
 ax.legend(fontsize=7)
 plt.show()
 
-ratio = r0 / r_med  # [layer]
+ratio = circuits.norm_ratio_to_median(rn.transpose(0, 1))  # [layer]: P0's mean norm / the others' median
 n_small_layers = int((ratio < 1).sum())
 massive_layers = [int(l) for l in (ratio >= massive_ratio).nonzero().flatten()]
 small_verdict = ("reproduced" if n_small_layers >= 0.8 * cfg.n_layers else

@@ -29,6 +29,7 @@ seed = 0
 n_first_tokens = 24  # ordinary tokens tried at position 0
 later_position = 20  # where BOS is moved / P0's residual is patched
 epsilon = 0.3  # Gu et al.'s sink threshold
+massive_ratio = 10.0  # a position-0 residual norm this many times the others' median is massive (as in chapter 3)
 zoo_size = "small"  # our trained models: "tiny" (CI) or "small" (the book)
 zoo_seeds = [0, 1, 2]
 
@@ -61,7 +62,8 @@ display(Markdown(provenance_markdown(
 results = ChapterResults(
     chapter="04_p0_sink_circuit", model=info.to_dict(), data=texts.description,
     parameters=dict(model_name=model_name, n_seqs=n_seqs, seq_len=seq_len, seed=seed,
-                    n_first_tokens=n_first_tokens, epsilon=epsilon, zoo_size=zoo_size, zoo_seeds=zoo_seeds),
+                    n_first_tokens=n_first_tokens, epsilon=epsilon, massive_ratio=massive_ratio, zoo_size=zoo_size,
+                    zoo_seeds=zoo_seeds),
 )
 
 # %% [markdown]
@@ -185,10 +187,10 @@ display(Markdown(
 
 # %%
 norms = torch.stack([cache[f"blocks.{l}.hook_resid_post"].norm(dim=-1) for l in range(n_layers)])  # [layer, batch, pos]
-jump_layer = int(torch.nonzero(norm_ratio > 2)[0]) if (norm_ratio > 2).any() else None
+jump_layer = int(torch.nonzero(norm_ratio >= massive_ratio)[0]) if (norm_ratio >= massive_ratio).any() else None
 fig, ax = plt.subplots(figsize=(7, 3.2))
 ax.plot(norms[:, :, 0].mean(1), marker="o", label="position 0")
-ax.plot(norms[:, :, 1:].mean((1, 2)), marker="s", label="other positions (mean)")
+ax.plot(norms[:, :, 1:].flatten(1).median(-1).values, marker="s", label="other positions (median)")
 ax.set(yscale="log", xlabel="layer (residual stream after the block)", ylabel="L2 norm", title="Residual-stream norm")
 ax.legend()
 fig.tight_layout()
@@ -208,8 +210,8 @@ top = contrib["projection on P0's direction"].sort_values(ascending=False)
 writer = top.index[0]
 share = float(top.iloc[0] / final_p0.norm(dim=-1).mean())
 display(Markdown(
-    f"Position 0's residual norm is {norm_ratio[n_early - 1]:.1f}x the other positions' after block "
-    f"{n_early - 1} (first layer with ratio > 2: {jump_layer}). The component that writes most of that "
+    f"Position 0's residual norm is {norm_ratio[n_early - 1]:.1f}x the other positions' median after block "
+    f"{n_early - 1} (first layer where it is massive, at least {massive_ratio:g}x: {jump_layer}). The component that writes most of that "
     f"direction is **{writer}** ({share:.0%} of the norm after block {n_early - 1}); next is "
     f"{top.index[1]} ({float(top.iloc[1] / final_p0.norm(dim=-1).mean()):.0%}). Writing the most is not "
     "the same as being necessary: an early component can trigger a later one. Section 5 tests that causally."
@@ -330,10 +332,10 @@ for k in range(1, n_early + 1):
     layers = list(range(k))
     _, c = circuits.attend_only_to_self(model, tokens, layers, position=later_position, names_filter=pattern_only)
     norm_at = c[f"blocks.{n_early - 1}.hook_resid_post"].norm(dim=-1)  # [batch, pos]
-    others = torch.cat([norm_at[:, 1:later_position], norm_at[:, later_position + 1:]], 1).mean()
-    self_only.append({
+    self_only.append({  # the ratio to the median of the other positions, position 0 left out too
         "self-only in layers": f"0-{k - 1}",
-        f"norm ratio at pos {later_position} after block {n_early - 1}": float(norm_at[:, later_position].mean() / others),
+        f"norm ratio at pos {later_position} after block {n_early - 1}": float(
+            circuits.norm_ratio_to_median(norm_at[:, 1:], later_position - 1)),
         f"attention to pos {later_position}, layers {late.start}+": float(
             circuits.attention_to_position(c, later_position, n_layers=n_layers)[late].mean()),
     })
@@ -342,7 +344,7 @@ display(self_only.style.format("{:.3f}"))
 best = self_only.iloc[-1]
 display(Markdown(
     f"Attending only to itself in layers 0-{n_early - 1} gives position {later_position} a residual norm "
-    f"{best.iloc[0]:.1f}x the other positions' (position 0: {float(norm_ratio[n_early - 1]):.1f}x), and "
+    f"{best.iloc[0]:.1f}x the other positions' median (position 0: {float(norm_ratio[n_early - 1]):.1f}x), and "
     f"{best.iloc[1]:.3f} of the later layers' attention (position 0: {clean_late:.2f})."
 ))
 
@@ -439,7 +441,8 @@ for s in zoo_seeds:
     per_seed_onset[s] = int(hit.index.min()) if len(hit) else None
 onsets = [v for v in per_seed_onset.values() if v is not None]
 early = bool(onsets) and len(onsets) == len(zoo_seeds) and max(onsets) <= 0.25 * total_tokens
-first_layer_jump = final_by_layer.index[final_by_layer.norm_ratio > 2].min() if (final_by_layer.norm_ratio > 2).any() else None
+massive_final = final_by_layer.norm_ratio >= massive_ratio
+first_layer_jump = final_by_layer.index[massive_final].min() if massive_final.any() else None
 concentrates = first_layer_jump is not None and first_layer_jump <= 1
 display(Markdown(
     f"At the end of training the largest sink metric over layers is {final_by_layer.sink_metric.max():.2f} "
@@ -462,13 +465,14 @@ results.record(
 results.record(
     "sink-circuit-in-first-two-layers",
     "The P0 signature (massive residual norm) is built in the first two layers",
-    value={"first_layer_with_norm_ratio_over_2": None if first_layer_jump is None else int(first_layer_jump),
+    value={"first_massive_layer": None if first_layer_jump is None else int(first_layer_jump),
            "final_norm_ratio_by_layer": final_by_layer.norm_ratio.tolist(),
-           "pretrained_first_layer_with_norm_ratio_over_2": jump_layer},
+           "pretrained_first_massive_layer": jump_layer, "massive_ratio": massive_ratio},
     verdict="reproduced" if (concentrates and jump_layer is not None and jump_layer <= 1) else
             ("partly" if (concentrates or (jump_layer is not None and jump_layer <= 1)) else "not reproduced"),
     source="arXiv 2603.06591", seeds=list(zoo_seeds),
     model=f"{info.name} + sinklens-zoo-{zoo_size}",
-    details="reproduced = P0 norm ratio > 2 first in layer 0 or 1, in this page's pretrained model and in our trained models",
+    details=f"massive = P0 residual norm >= {massive_ratio:g}x the other positions' median (chapter 3's definition); "
+            "reproduced = first massive in layer 0 or 1 in this page's pretrained model and in our trained models",
 )
 print(results.save())

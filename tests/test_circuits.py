@@ -82,3 +82,19 @@ def test_sink_signature_and_position_embedding_move(tiny_model, tokens):
     if "hook_pos_embed" in tiny_model.hook_dict:
         _, cache = circuits.give_position_embedding_of_first(tiny_model, tokens, 4)
         assert cache["blocks.0.hook_resid_pre"].shape[1] == tokens.shape[1]
+
+
+def test_one_definition_of_a_massive_norm():
+    """Chapters 3 and 4 share it: position 0's mean norm over the others' median, massive at 10x."""
+    import torch
+
+    from sinklens import circuits
+
+    norms = torch.ones(3, 8)
+    norms[:, 0] = 12.0
+    norms[0, 5] = 1000.0  # one other huge position: the median ignores it, a mean would not
+    assert float(circuits.norm_ratio_to_median(norms)) == pytest.approx(12.0)
+    assert float(circuits.norm_ratio_to_median(norms)) >= circuits.MASSIVE_RATIO
+    stacked = torch.stack([norms, torch.ones(3, 8)])  # [layer, batch, pos]
+    assert circuits.norm_ratio_to_median(stacked).tolist() == pytest.approx([12.0, 1.0])
+    assert float(circuits.norm_ratio_to_median(norms, position=5)) == pytest.approx((1000 + 2) / 3)

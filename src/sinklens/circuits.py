@@ -145,17 +145,28 @@ def attend_only_to_self(
         return model.run_with_cache(tokens, names_filter=names_filter)
 
 
-def position_norm_ratio(cache, n_layers: int, position: int = 0) -> Tensor:
-    """Residual norm at ``position`` ÷ mean residual norm of the other positions, per layer: ``[layer]``.
+MASSIVE_RATIO = 10.0  # the book's one definition of a massive residual norm (chapters 3 and 4)
 
-    Read from ``blocks.{l}.hook_resid_post``; a massive-activation sink shows as a ratio far above 1.
+
+def norm_ratio_to_median(norms: Tensor, position: int = 0) -> Tensor:
+    """Mean norm at ``position`` ÷ the median norm of every other position of the batch.
+
+    ``norms [batch, pos]`` -> a scalar, or ``[..., batch, pos]`` -> ``[...]``. The median (not the
+    mean) so that one other massive position does not hide the contrast. A ratio of at least
+    :data:`MASSIVE_RATIO` is what the book calls a massive norm, in every chapter.
     """
-    ratios = []
-    for l in range(n_layers):
-        norms = cache[f"blocks.{l}.hook_resid_post"].float().norm(dim=-1)  # [batch, pos]
-        others = torch.cat([norms[:, :position], norms[:, position + 1 :]], dim=1)
-        ratios.append(norms[:, position].mean() / others.mean())
-    return torch.stack(ratios)
+    others = torch.cat([norms[..., :position], norms[..., position + 1 :]], dim=-1)
+    return norms[..., position].mean(-1) / others.flatten(-2).median(-1).values
+
+
+def position_norm_ratio(cache, n_layers: int, position: int = 0) -> Tensor:
+    """:func:`norm_ratio_to_median` of the residual stream after each block: ``[layer]``.
+
+    Read from ``blocks.{l}.hook_resid_post``; a massive-activation sink shows as a ratio of at
+    least :data:`MASSIVE_RATIO`.
+    """
+    norms = torch.stack([cache[f"blocks.{l}.hook_resid_post"].float().norm(dim=-1) for l in range(n_layers)])
+    return norm_ratio_to_median(norms, position)  # norms: [layer, batch, pos]
 
 
 def sink_signature(model, tokens: Tensor, epsilon: float = SINK_EPSILON) -> dict[str, Tensor]:
