@@ -215,12 +215,16 @@ class HyperConnection(nn.Module):
             h_post = self.static_h_post.expand(*lead, -1)
             return self.hook_h_pre(h_pre), self.hook_h_res(h_res), self.hook_h_post(h_post)
         normed = self.norm(streams)  # [b, p, n, d]
-        h_pre = self.static_h_pre + self.scale_alpha * torch.tanh(normed @ self.w_pre)
+        # the three projections as one matmul (one pass over the normalised streams, not three)
+        n = self.n_streams
+        w = torch.cat([self.w_pre.unsqueeze(-1), self.w_res, self.w_post.unsqueeze(-1)], dim=-1)  # [d, n + 2]
+        gated = torch.tanh(normed @ w)  # [b, p, n, n + 2]
+        h_pre = self.static_h_pre + self.scale_alpha * gated[..., 0]
         # Row j of the paper's dynamic A_r comes from stream j and says where stream j goes:
         # that is column j of H_res = A_r^T.
-        dyn_res = self.scale_alpha * torch.tanh(normed @ self.w_res)  # [b, p, n(from), n(to)]
+        dyn_res = self.scale_alpha * gated[..., 1 : n + 1]  # [b, p, n(from), n(to)]
         h_res = self.static_h_res + dyn_res.transpose(-1, -2)
-        h_post = self.static_h_post + self.scale_beta * torch.tanh(normed @ self.w_post)
+        h_post = self.static_h_post + self.scale_beta * gated[..., n + 1]
         return self.hook_h_pre(h_pre), self.hook_h_res(h_res), self.hook_h_post(h_post)
 
 
