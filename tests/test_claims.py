@@ -55,3 +55,199 @@ def test_sink_like_previous_token_heads_rule(v_mhc, k_mhc, v_res, present, expec
 def test_sink_like_rule_rejects_mismatched_inputs():
     with pytest.raises(ValueError, match="one value per seed"):
         claims.sink_like_previous_token_heads([5.0, 6.0], [3.0], [1.0], length=L, heads_present=True)
+
+
+# --- the rule helpers and the results JSON ---------------------------------------------------------
+
+def test_a_verdict_must_be_legal_and_record_refuses_bare_strings(tmp_path):
+    from sinklens.provenance import ChapterResults
+
+    with pytest.raises(ValueError, match="verdict must be one of"):
+        claims.Verdict("probably", "r")
+    res = ChapterResults(chapter="99_x")
+    with pytest.raises(TypeError, match="Verdict"):
+        res.record("a", "claim a", value=1, verdict="reproduced")
+    entry = res.record("b", "claim b", value=1, verdict=claims.with_sensitivity(
+        claims.second_copy_loss_lower, "max_ratio", first=[4.0], second=[1.5], max_ratio=0.5))
+    assert entry["verdict"] == "reproduced" and entry["rule"].startswith("reproduced =")
+    assert entry["sensitivity"] == {"0.5x": "partly", "2x": "reproduced"}
+    text = claims.what_we_found(res.claims)
+    assert text.startswith("## What we found") and "**reproduced**: claim b" in text and "0.5x / 2x" in text
+
+
+def test_with_sensitivity_needs_the_threshold_by_keyword():
+    with pytest.raises(ValueError, match="by keyword"):
+        claims.with_sensitivity(claims.gain_grows, "threshold", per_seed_max=[2.0])
+
+
+def test_implementations_agree_is_a_self_check():
+    assert claims.implementations_agree(0.5, 1.0).verdict == "pass"
+    assert claims.implementations_agree(1.5, 1.0).verdict == "fail"
+
+
+def test_kv_groups_count_heads_that_share_keys_once():
+    heads = [(17, 3), (17, 4), (17, 5), (18, 6), (18, 7)]
+    assert claims.kv_groups(heads, n_heads=9, n_kv_heads=3) == {(17, 1), (18, 2)}
+    assert len(claims.kv_groups(heads, n_heads=9, n_kv_heads=None)) == 5
+    assert claims.jaccard({1, 2}, {2, 3}) == pytest.approx(1 / 3) and claims.jaccard(set(), set()) == 1.0
+
+
+# --- chapter 2 -------------------------------------------------------------------------------------
+
+def test_induction_heads_found_rejects_a_positional_head():
+    rep = torch.tensor([[0.9, 0.1]])
+    assert claims.induction_heads_found(rep, torch.tensor([[0.05, 0.1]]), threshold=0.4).verdict == "reproduced"
+    # the same head scores as high without a repeat: it attends N-1 back by position alone
+    assert claims.induction_heads_found(rep, torch.tensor([[0.85, 0.1]]), threshold=0.4).verdict == "not reproduced"
+    with pytest.raises(ValueError, match="one shape"):
+        claims.induction_heads_found(rep, torch.zeros(2, 2), threshold=0.4)
+
+
+@pytest.mark.parametrize("found, ref, expected", [
+    ({1, 2, 3, 4, 5}, {1, 2, 3, 4, 5}, "reproduced"), ({1, 9}, {1, 2, 3}, "partly"),
+    ({7}, {1, 2}, "not reproduced"), ({1}, set(), "not tested here"),
+])
+def test_same_head_set(found, ref, expected):
+    assert claims.same_head_set(found, ref).verdict == expected
+
+
+@pytest.mark.parametrize("without_prev, without_ctrl, present, expected", [
+    (0.1, 0.55, True, "reproduced"),
+    (0.1, 0.1, True, "not reproduced"),  # the control hurts as much: any ablation of that size would do
+    (0.4, 0.55, True, "partly"),
+    (0.6, 0.5, True, "not reproduced"),
+    (0.1, 0.5, False, "not tested here"),
+])
+def test_previous_token_heads_compose(without_prev, without_ctrl, present, expected):
+    v = claims.previous_token_heads_compose(0.6, without_prev, without_ctrl, heads_present=present)
+    assert v.verdict == expected
+
+
+def test_known_heads_and_second_copy_loss():
+    assert claims.known_heads_recovered({1, 2}, {1, 2}).verdict == "reproduced"
+    assert claims.known_heads_recovered({1}, {1, 2}).verdict == "partly"
+    assert claims.known_heads_recovered({3}, {1, 2}).verdict == "not reproduced"
+    assert claims.known_heads_recovered({1}, {1}, available=False).verdict == "not tested here"
+    assert claims.second_copy_loss_lower([6.0, 6.0], [2.0, 2.5]).verdict == "reproduced"
+    assert claims.second_copy_loss_lower([6.0, 6.0], [5.0, 6.5]).verdict == "partly"
+    assert claims.second_copy_loss_lower([6.0], [7.0]).verdict == "not reproduced"
+    with pytest.raises(ValueError):
+        claims.second_copy_loss_lower([6.0], [1.0, 2.0])
+
+
+# --- chapter 3 -------------------------------------------------------------------------------------
+
+def test_dormant_on_text_needs_the_switch_to_beat_all_heads():
+    all_t, all_c = [0.9, 0.9, 0.2], [0.9, 0.85, 0.2]  # most heads park everywhere: a small mean switch
+    ok = claims.dormant_on_text([0.8, 0.7], [0.1, 0.2], all_t, all_c, groups=[(1, 0), (1, 0)])
+    assert ok.verdict == "reproduced"
+    # parking that does not switch off on the copy is what every sink head does: not dormancy
+    assert claims.dormant_on_text([0.8], [0.85], all_t, all_c, groups=[(1, 0)]).verdict == "not reproduced"
+    # a switch no larger than the average head's is not evidence
+    same = claims.dormant_on_text([0.8], [0.7], [0.8], [0.7], groups=[(1, 0)])
+    assert same.verdict == "partly"
+    # grouped-query attention: one group dormant and one not -> partly
+    assert claims.dormant_on_text([0.8, 0.3], [0.1, 0.1], all_t, all_c, groups=[(1, 0), (2, 0)]).verdict == "partly"
+    assert claims.dormant_on_text([], [], all_t, all_c, groups=[]).verdict == "not tested here"
+
+
+def test_value_drain_and_residual_norm_rules():
+    assert claims.value_drain([0.1, 0.3]).verdict == "reproduced"
+    assert claims.value_drain([0.1, 0.8]).verdict == "partly"
+    assert claims.value_drain([1.2]).verdict == "not reproduced"
+    assert claims.value_drain([]).verdict == "not tested here"
+    assert claims.residual_relatively_small([0.5] * 9 + [2.0]).verdict == "reproduced"
+    assert claims.residual_relatively_small([0.5, 2, 2, 2]).verdict == "partly"
+    assert claims.residual_relatively_small([2, 2]).verdict == "not reproduced"
+    assert claims.residual_peak_massive([1, 20, 30], [1, 2], massive_ratio=10).verdict == "reproduced"
+    assert claims.residual_peak_massive([0.5, 20, 30], [0], massive_ratio=10).verdict == "partly"
+    assert claims.residual_peak_massive([1, 2, 3], [1], massive_ratio=10).verdict == "not reproduced"
+
+
+# --- chapter 4 -------------------------------------------------------------------------------------
+
+def test_sink_follows_position():
+    assert claims.sink_follows_position(0.8, 0.6, 0.01).verdict == "reproduced"
+    assert claims.sink_follows_position(0.8, 0.2, 0.01).verdict == "not reproduced"
+    assert claims.sink_follows_position(0.8, 0.6, 0.5).verdict == "not reproduced"
+    assert claims.sink_follows_position(0.0, 0.0, 0.0).verdict == "not tested here"
+
+
+CLEAN = 0.8
+
+
+@pytest.mark.parametrize("zero, mean, controls, suff, layer, expected", [
+    (0.1, 0.2, {"a": 0.7}, {"s": 0.5}, 0, "reproduced"),
+    (0.1, 0.5, {"a": 0.7}, {"s": 0.5}, 0, "not reproduced"),  # mean-ablation leaves too much
+    (0.1, 0.2, {"a": 0.1}, {"s": 0.5}, 0, "not reproduced"),  # a control collapses the sink too
+    (0.1, 0.2, {"a": 0.7}, {"s": 0.05}, 0, "partly"),  # necessary, not sufficient
+    (0.1, 0.2, {"a": 0.7}, {"s": 0.5}, 2, "partly"),  # not in blocks 0-1
+    (0.7, 0.7, {"a": 0.7}, {"s": 0.5}, 0, "not reproduced"),
+])
+def test_recognised_within_two_blocks(zero, mean, controls, suff, layer, expected):
+    v = claims.recognised_within_two_blocks(CLEAN, zero, mean, controls, suff, layer)
+    assert v.verdict == expected
+    assert claims.recognised_within_two_blocks(CLEAN, zero, mean, controls, suff, layer, has_sink=False).verdict == "not tested here"
+
+
+def test_emergence_rules():
+    assert claims.sink_emerges_early({0: 10, 1: 20}, 100).verdict == "reproduced"
+    assert claims.sink_emerges_early({0: 10, 1: 80}, 100).verdict == "partly"
+    assert claims.sink_emerges_early({0: 10, 1: None}, 100).verdict == "partly"
+    assert claims.sink_emerges_early({0: None}, 100).verdict == "not tested here"
+    assert claims.signature_in_first_two_layers(1, 0).verdict == "reproduced"
+    assert claims.signature_in_first_two_layers(None, 1).verdict == "partly"
+    assert claims.signature_in_first_two_layers(3, 4).verdict == "not reproduced"
+    assert claims.signature_in_first_two_layers(None, None).verdict == "not tested here"
+
+
+# --- chapter 5 -------------------------------------------------------------------------------------
+
+def test_layer_shift_and_combination():
+    assert claims.layer_shift({"mhc": [0.1, 0.2], "mhc-lite": [0.1]}, heads_present=True).verdict == "reproduced"
+    assert claims.layer_shift({"mhc": [0.3, -0.1], "mhc-lite": [-0.1]}, heads_present=True).verdict == "partly"
+    assert claims.layer_shift({"mhc": [0.0, -0.1], "mhc-lite": [-0.1]}, heads_present=True).verdict == "not reproduced"
+    assert claims.layer_shift({}, heads_present=False).verdict == "not tested here"
+    with pytest.raises(ValueError):
+        claims.layer_shift({"mhc": []}, heads_present=True)
+    V = claims.Verdict
+    assert claims.both_head_types(V("reproduced", ""), V("reproduced", "")).verdict == "reproduced"
+    assert claims.both_head_types(V("reproduced", ""), V("not reproduced", "")).verdict == "partly"
+    assert claims.both_head_types(V("not tested here", ""), V("not reproduced", "")).verdict == "not reproduced"
+    assert claims.both_head_types(V("not tested here", ""), V("not tested here", "")).verdict == "not tested here"
+
+
+def test_pattern_and_ablation_disagree_uses_the_residual_control():
+    f = claims.pattern_and_ablation_disagree
+    assert f([0.2], [0.3], [0.8], heads_present=True).verdict == "reproduced"
+    assert f([0.2], [0.3], [0.1], heads_present=True).verdict == "partly"  # the residual model disagrees more
+    assert f([0.2], [0.9], [0.8], heads_present=True).verdict == "partly"
+    assert f([0.8], [0.9], [0.8], heads_present=True).verdict == "not reproduced"
+    assert f([0.2], [0.3], [0.8], heads_present=False).verdict == "not tested here"
+
+
+def test_gain_and_parity_rules():
+    assert claims.gain_bounded_by_construction(1.05, 1.0).verdict == "by construction"
+    assert claims.gain_bounded_by_construction(1.3, 1.0).verdict == "not reproduced"
+    assert claims.gain_grows([2.0, 3.0]).verdict == "reproduced"
+    assert claims.gain_grows([2.0, 1.2]).verdict == "partly"
+    assert claims.gain_grows([1.0]).verdict == "not reproduced"
+    assert claims.losses_match([3.0, 3.1, 2.9], [3.01, 3.12, 2.91]).verdict == "reproduced"
+    assert claims.losses_match([3.0, 3.01, 2.99], [3.2, 3.21, 3.19]).verdict == "not reproduced"
+    assert claims.losses_match([3.0], [3.0]).verdict == "not tested here"  # one seed: no spread, no test
+
+
+# --- chapter 6 -------------------------------------------------------------------------------------
+
+def test_timing_rules():
+    assert claims.no_bos_heads_early(0, 5).verdict == "reproduced"
+    assert claims.no_bos_heads_early(2, 5).verdict == "not reproduced"
+    assert claims.no_bos_heads_early(0, 0).verdict == "not tested here"
+    assert claims.induction_before_bos([12.0, 20.0], 2).verdict == "reproduced"
+    assert claims.induction_before_bos([12.0], 2).verdict == "partly"
+    assert claims.induction_before_bos([3.0, 20.0], 2).verdict == "partly"
+    assert claims.induction_before_bos([0.5, 20.0], 2).verdict == "not reproduced"
+    assert claims.induction_before_bos([], 2).verdict == "not tested here"
+    assert claims.rise_shape_measured(0.5, 2).verdict == "measured"
+    assert claims.rise_shape_measured(0.05, 2).verdict == "not tested here"
+    assert claims.not_tested("no screen").verdict == "not tested here"

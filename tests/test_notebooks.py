@@ -75,6 +75,7 @@ def test_chapter_executes_with_ci_parameters(source, ci_book):
     for claim in results["claims"]:
         assert claim["verdict"] in VERDICTS
         assert claim["verdict"] != "fail", claim
+        assert claim.get("rule"), f"claim {claim['id']!r} has no decision rule (record it with a sinklens.claims rule)"
 
 
 @pytest.mark.slow

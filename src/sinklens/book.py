@@ -210,6 +210,13 @@ def _summarise(value: Any, limit: int = 6) -> str:
     return fmt(value)
 
 
+def _rule(claim: dict) -> str:
+    """The claim's decision rule, its 0.5x / 2x threshold verdicts and any details, for the scorecard."""
+    sens = claim.get("sensitivity") or {}
+    parts = [claim.get("rule") or "", f"(0.5x: {sens['0.5x']}; 2x: {sens['2x']})" if sens else "", claim.get("details") or ""]
+    return " ".join(p for p in parts if p) or "–"
+
+
 def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ").strip() or "–"
 
@@ -250,7 +257,7 @@ def write_scorecard(results_dir: Path, output: Path, chapters: list[str] | None 
             claim_model = c.get("model") or model.get("name", "")
             rows.append("| " + " | ".join(_cell(x) for x in (
                 f"[{res['chapter'][:2]}](chapters/{res['chapter']}.ipynb)", f"**{c['verdict']}**", c["claim"],
-                _summarise(c["value"]), c.get("details", "") or "–", mode, claim_model, seeds, c.get("source", ""),
+                _summarise(c["value"]), _rule(c), mode, claim_model, seeds, c.get("source", ""),
             )) + " |")
     fmt = lambda d: ", ".join(f"{n} {v}" for v, n in sorted(d.items(), key=lambda kv: -kv[1])) or "none"  # noqa: E731
     banner = []

@@ -73,20 +73,28 @@ class ChapterResults:
         claim: str,
         *,
         value: Any,
-        verdict: str,
+        verdict: Any,
         source: str = "",
         seeds: list[int] | None = None,
         details: str = "",
         model: str | None = None,
     ) -> dict:
-        """Add one claim with its measured value and computed verdict."""
-        if verdict not in VERDICTS:
-            raise ValueError(f"verdict must be one of {VERDICTS}, got {verdict!r}.")
+        """Add one claim with its measured value and the :class:`sinklens.claims.Verdict` a rule computed.
+
+        ``verdict`` must be a ``Verdict`` (a verdict string with its rule), never a bare string: no
+        chapter assigns a verdict itself. Its rule is stored as ``rule``, its 0.5x / 2x threshold
+        verdicts as ``sensitivity``; ``details`` adds context.
+        """
+        if isinstance(verdict, str) or not hasattr(verdict, "rule"):
+            raise TypeError(f"claim {claim_id!r}: verdict must be a sinklens.claims.Verdict from a rule, got {verdict!r}.")
+        if verdict.verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, got {verdict.verdict!r}.")
         if any(c["id"] == claim_id for c in self.claims):
             raise ValueError(f"claim {claim_id!r} recorded twice in chapter {self.chapter!r}.")
         entry = {
             "id": claim_id, "claim": claim, "source": source, "value": _jsonable(value),
-            "verdict": verdict, "seeds": seeds or [], "details": details,
+            "verdict": verdict.verdict, "rule": verdict.rule, "sensitivity": dict(verdict.sensitivity),
+            "seeds": seeds or [], "details": details,
         }
         if model is not None:  # the claim is about another model than the chapter's (e.g. our trained zoo)
             entry["model"] = model
