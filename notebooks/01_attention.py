@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from IPython.display import Markdown, display
 
+from sinklens import claims
 from sinklens.attention import attention_weights, multi_head_attention
 from sinklens.models import load_model
 from sinklens.plotting import attention_heatmaps, attention_view, set_style, token_labels
@@ -263,14 +264,16 @@ results.record(
     "Multi-head attention written from scratch equals the model library's attention (pattern, z, output) in fp32",
     value={"max_abs_diff": worst_abs, "worst_allclose_ratio": worst_ratio, "layers": n_check,
            "tolerance": tolerance},
-    verdict="pass" if agree else "fail",
+    verdict=claims.implementations_agree(worst_ratio, 1.0, quantity=(
+        f"worst |ours - library| / (atol + rtol |library|) over {n_check} layers (atol = rtol = {tolerance:g})")),
     source="this book",
 )
 results.record(
     "strongest-first-token-head",
     "Some heads already park most of their attention on the first token of an ordinary sentence",
     value={"head": f"L{picks[-1][0]}H{picks[-1][1]}", "mean_attention_to_first_token": float(first_token.max())},
-    verdict="measured",
+    verdict=claims.measured("the largest mean attention to position 0 over queries 1.., over all heads"),
     source="this book",
 )
 print(results.save())
+display(Markdown(claims.what_we_found(results.claims)))

@@ -40,6 +40,8 @@ threshold = 0.4  # induction-score threshold, as in Chapter 2
 batch_size = 8
 n_seqs_variants = 8  # text sequences for the first-token experiments
 move_bos_to = 32  # where the BOS goes in the "BOS moved" variant
+dormant_share = 0.5  # a head is parked on position 0 when at least this share of its attention goes there
+value_drain_ratio = 0.5  # value-state drain: position 0's value norm at most this x the others' median
 massive_ratio = 10.0  # a position-0 residual norm this many times the others' median is massive (as in chapter 4)
 n_heads_to_plot = 4
 
@@ -55,7 +57,7 @@ import seaborn as sns
 import torch
 from IPython.display import Markdown, display
 
-from sinklens import circuits, probes
+from sinklens import circuits, claims, probes
 from sinklens.data import load_text_dataset, repeated_random_tokens, text_batch
 from sinklens.models import load_model
 from sinklens.plotting import attention_heatmaps, attention_view, set_style, token_labels
@@ -97,7 +99,7 @@ rep = torch.cat([
                            exclude_ids=tokenizer.all_special_ids, n_ctx=cfg.n_ctx)
     for i in range(n_seeds_induction)
 ])
-rep_out = probes.score_batch(model, rep, n_repeat=N, batch_size=batch_size)
+rep_out = probes.score_batch(model, rep, n_repeat=N, batch_size=batch_size, include_head_output=True)
 ind_mean = rep_out["induction"].mean(0)
 found = probes.heads_over_threshold(ind_mean, threshold)
 if not found:  # keep the chapter meaningful on any model: take the best head, and say so
@@ -128,7 +130,8 @@ print(f"{n_seqs} sequences from {len(set(sources))} documents:",
 extra_bos = int((text[:, 1:] == bos_id).sum())
 if extra_bos:
     print(f"note: {extra_bos} BOS token(s) inside the text windows (a document's own start token)")
-txt_out = probes.score_batch(model, text, batch_size=batch_size, include_norms=True, keep_patterns=heads)
+txt_out = probes.score_batch(model, text, batch_size=batch_size, include_norms=True, keep_patterns=heads,
+                             include_head_output=True)
 
 # %% [markdown]
 # ### Attention to the first token: text vs repeated tokens
@@ -171,17 +174,54 @@ plt.show()
 txt_mean = txt_seq.mean(0)  # [head]
 rep2_mean = rep2_seq.mean(0)
 seed_txt = a_txt[0].mean(-1)
-n_dormant = int(((txt_mean >= 0.5) & (txt_mean > rep2_mean)).sum())
-dormant_verdict = ("reproduced" if n_dormant == len(heads) else "partly" if n_dormant > 0 else "not reproduced")
+n_dormant = int(((txt_mean >= dormant_share) & (txt_mean > rep2_mean)).sum())
+# The baseline: every head of the model, on the same text and the same second copies.
+all_txt = txt_out["attn_to_first"][..., 1:].mean((0, -1))  # [layer, head]
+all_rep2 = rep_out["attn_to_first"][..., N + 1 :].mean((0, -1))
+n_kv = getattr(cfg, "n_key_value_heads", None)
+groups = [(l, h // (cfg.n_heads // (n_kv or cfg.n_heads))) for l, h in heads]
+n_groups = len(claims.kv_groups(heads, cfg.n_heads, n_kv))
+dormant_verdict = claims.with_sensitivity(
+    claims.dormant_on_text, "min_share", text_share=txt_mean.tolist(), copy_share=rep2_mean.tolist(),
+    all_text_share=all_txt.flatten().tolist(), all_copy_share=all_rep2.flatten().tolist(), groups=groups,
+    min_share=dormant_share)
+all_parked = float((all_txt >= dormant_share).float().mean())
 display(Markdown(
     f"On natural text the induction heads put **{float(txt_mean.min()):.2f}-{float(txt_mean.max()):.2f}** of "
     f"their attention on position 0 (mean over {n_seqs} sequences; {float(seed_txt.min()):.2f}-"
     f"{float(seed_txt.max()):.2f} on the seed's single sequence), against "
     f"{float(rep2_mean.min()):.2f}-{float(rep2_mean.max()):.2f} on the second copy of repeated tokens, where "
     f"they have something to copy, and {float(a_rep1.mean((0, 2)).min()):.2f}-{float(a_rep1.mean((0, 2)).max()):.2f} "
-    f"on the first copy, where they do not. {n_dormant} of {len(heads)} heads put at least half their "
-    f"attention on position 0 on text and more than on the second copy. Verdict on \"induction heads "
-    f"are dormant on text, parking on the first token\": **{dormant_verdict}**."
+    f"on the first copy, where they do not. {n_dormant} of {len(heads)} heads put at least {dormant_share:g} of their "
+    f"attention on position 0 on text and more than on the second copy.\n\n"
+    f"**The baseline.** Parking on position 0 is not special to induction heads: {all_parked:.0%} of all "
+    f"{cfg.n_layers * cfg.n_heads} heads put at least {dormant_share:g} of their attention there on text. What is "
+    f"special is the *switch*: the induction heads' attention to position 0 drops by "
+    f"{float((txt_mean - rep2_mean).mean()):.2f} on average from text to the second copy, against "
+    f"{float((all_txt - all_rep2).mean()):.2f} for the average head. "
+    + (f"**Grouped-query attention:** this model has {cfg.n_heads} query heads but {n_kv} key/value heads per layer, "
+       f"so these {len(heads)} heads are {n_groups} independent key/value groups, and the verdict counts groups. "
+       if n_kv and n_kv != cfg.n_heads else "")
+    + f"Verdict on \"induction heads are dormant on text, parking on the first token\": **{dormant_verdict.verdict}** "
+      f"({dormant_verdict.rule})."
+))
+
+# %% [markdown]
+# Attention is not output. A head that parks on position 0 is *dormant* only if what it writes
+# becomes small. The norm of each induction head's output `hook_z` (the attention-weighted
+# values, before the output projection), on text and on the second copy:
+
+# %%
+z_txt = txt_out["z_norm"][:, L_idx, H_idx, 1:].mean((0, -1))  # [head]
+z_rep2 = rep_out["z_norm"][:, L_idx, H_idx, N + 1 :].mean((0, -1))
+z_all_ratio = (txt_out["z_norm"][..., 1:].mean((0, -1)) / rep_out["z_norm"][..., N + 1 :].mean((0, -1)))  # [layer, head]
+out_table = pd.DataFrame({"head": [name(*lh) for lh in heads], "output norm, text": z_txt.numpy(),
+                          "output norm, 2nd copy": z_rep2.numpy(), "text / 2nd copy": (z_txt / z_rep2).numpy()})
+display(out_table.style.format(precision=2).hide(axis="index"))
+display(Markdown(
+    f"The induction heads' output on text is {float((z_txt / z_rep2).min()):.2f}-{float((z_txt / z_rep2).max()):.2f}x "
+    f"their output on the second copy; across all heads the median of the same ratio is "
+    f"{float(z_all_ratio.median()):.2f}. A ratio well below 1 means the head writes less when it parks."
 ))
 
 # %% [markdown]
@@ -270,14 +310,15 @@ plt.show()
 
 # every layer, all heads: position 0's value norm relative to the others' median
 all_ratio = vn[..., 0].mean(0) / vn[..., 1:].movedim(0, -2).flatten(-2).median(-1).values  # [layer, head]
-n_small = int((v_ratio < 0.5).sum())
-value_verdict = "reproduced" if n_small == len(heads) else ("partly" if (v_ratio < 1).any() else "not reproduced")
+n_small = int((v_ratio < value_drain_ratio).sum())
+value_verdict = claims.with_sensitivity(claims.value_drain, "max_ratio", value_ratio=v_ratio.tolist(),
+                                        max_ratio=value_drain_ratio)
 display(Markdown(
     f"Position 0's value norm divided by the median of the other positions': "
     + ", ".join(f"{name(l, h)} {float(r):.2f}" for (l, h), r in zip(heads, v_ratio))
-    + f". Across all {cfg.n_layers * cfg.n_heads} heads the ratio is below 0.5 for "
+    + f". Across all {cfg.n_layers * cfg.n_heads} heads the ratio is below {value_drain_ratio:g} for "
       f"{int((all_ratio < 0.5).sum())} and below 1 for {int((all_ratio < 1).sum())}. Verdict on "
-      f"Guo et al.'s value-state drain for the induction heads (ratio < 0.5 for every one): **{value_verdict}**."
+      f"Guo et al.'s value-state drain for the induction heads: **{value_verdict.verdict}** ({value_verdict.rule})."
 ))
 
 # %% [markdown]
@@ -313,10 +354,9 @@ plt.show()
 ratio = circuits.norm_ratio_to_median(rn.transpose(0, 1))  # [layer]: P0's mean norm / the others' median
 n_small_layers = int((ratio < 1).sum())
 massive_layers = [int(l) for l in (ratio >= massive_ratio).nonzero().flatten()]
-small_verdict = ("reproduced" if n_small_layers >= 0.8 * cfg.n_layers else
-                 "partly" if n_small_layers > 0 else "not reproduced")
-peak_verdict = ("reproduced" if massive_layers and all(ratio[l] > 1 for l in L_idx) else
-                "partly" if massive_layers else "not reproduced")
+small_verdict = claims.residual_relatively_small(ratio.tolist())
+peak_verdict = claims.with_sensitivity(claims.residual_peak_massive, "massive_ratio", norm_ratio_by_layer=ratio.tolist(),
+                                       induction_layers=L_idx, massive_ratio=massive_ratio)
 peak = int(ratio.argmax())
 display(Markdown(
     f"Position 0's residual norm is below the other positions' median in **{n_small_layers} of "
@@ -326,8 +366,8 @@ display(Markdown(
       f"median of {float(r_med[peak]):.0f} and a maximum of {float(r_max[peak]):.0f} elsewhere). At the "
       f"induction heads' layers ({', '.join(str(l) for l in sorted(set(L_idx)))}) the ratio is "
       f"{float(ratio[sorted(set(L_idx))].min()):.0f}x-{float(ratio[sorted(set(L_idx))].max()):.0f}x. "
-      f"Verdict on the blog's \"relatively small\": **{small_verdict}**; on Guo et al.'s residual-state peak "
-      f"(massive norm at the sink): **{peak_verdict}**."
+      f"Verdict on the blog's \"relatively small\": **{small_verdict.verdict}**; on Guo et al.'s residual-state peak "
+      f"(massive norm at the sink): **{peak_verdict.verdict}**."
 ))
 
 # %% [markdown]
@@ -452,14 +492,19 @@ results.record(
            "attn_to_pos0_text_seed_batch1": dict(zip([name(*lh) for lh in heads], seed_txt.tolist())),
            "attn_to_pos0_repeated_second_copy": dict(zip([name(*lh) for lh in heads], rep2_mean.tolist())),
            "attn_to_pos0_repeated_first_copy": dict(zip([name(*lh) for lh in heads], a_rep1.mean((0, 2)).tolist())),
-           "n_heads_dormant": n_dormant},
+           "n_heads_dormant": n_dormant, "n_kv_groups": n_groups,
+           "share_of_all_heads_parked_on_text": all_parked,
+           "switch_text_minus_copy_induction_mean": float((txt_mean - rep2_mean).mean()),
+           "switch_text_minus_copy_all_heads_mean": float((all_txt - all_rep2).mean()),
+           "output_norm_text_over_copy": dict(zip([name(*lh) for lh in heads], (z_txt / z_rep2).tolist())),
+           "output_norm_text_over_copy_all_heads_median": float(z_all_ratio.median())},
     verdict=dormant_verdict, source="source blog; Guo et al. 2024", seeds=[seed], details=note,
 )
 results.record(
     "value-state-drain",
     "The first token's value vectors are small in the induction heads (value-state drain)",
     value={"value_norm_ratio_pos0_over_median": dict(zip([name(*lh) for lh in heads], v_ratio.tolist())),
-           "heads_below_0.5_all": int((all_ratio < 0.5).sum()), "heads_total": cfg.n_layers * cfg.n_heads},
+           "heads_below_drain_ratio_all": int((all_ratio < value_drain_ratio).sum()), "heads_total": cfg.n_layers * cfg.n_heads},
     verdict=value_verdict, source="Guo et al. 2024", seeds=[seed], details=note,
 )
 results.record(
@@ -481,6 +526,8 @@ results.record(
     "sink-is-position-not-bos",
     "Is the sink the first position or the BOS token? (first look)",
     value={"answer": answer, "variants": rows, "worst_kept_fraction": kept},
-    verdict="measured", source="this book", seeds=[seed], details=note,
+    verdict=claims.measured("attention to position 0 after moving or replacing the BOS (a first look; chapter 4 tests it)"),
+    source="this book", seeds=[seed], details=note,
 )
 print(results.save())
+display(Markdown(claims.what_we_found(results.claims)))

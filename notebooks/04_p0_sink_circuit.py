@@ -29,6 +29,7 @@ seed = 0
 n_first_tokens = 24  # ordinary tokens tried at position 0
 later_position = 20  # where BOS is moved / P0's residual is patched
 epsilon = 0.3  # Gu et al.'s sink threshold
+collapse = 0.5  # an intervention collapses the sink when it leaves less than this x the clean attention
 massive_ratio = 10.0  # a position-0 residual norm this many times the others' median is massive (as in chapter 3)
 zoo_size = "small"  # our trained models: "tiny" (CI) or "small" (the book)
 zoo_seeds = [0, 1, 2]
@@ -42,7 +43,7 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from sinklens import circuits
+from sinklens import circuits, claims
 from sinklens.data import load_text_dataset, text_batch
 from sinklens.models import load_model
 from sinklens.plotting import attention_view, set_style
@@ -137,7 +138,8 @@ ax.axvline(to_moved, color="C3", ls=":", label=f"BOS written at position {later_
 ax.set(xlabel=f"mean attention to that position, layers {layers_after.start}-{n_layers - 1}", ylabel="count")
 ax.legend(fontsize=8)
 fig.tight_layout()
-position_not_token = bool(per_token.min() > 0.5 * baseline and to_moved < 0.25 * baseline)
+v_position = claims.sink_follows_position(baseline, float(per_token.min()), to_moved)
+position_not_token = v_position.verdict == "reproduced"
 display(Markdown(
     f"With BOS at position 0 the later layers pay it {baseline:.2f} of their attention. With an "
     f"ordinary token there instead, they pay position 0 between {per_token.min():.2f} and "
@@ -152,7 +154,7 @@ results.record(
     value={"attention_with_bos": baseline, "ordinary_first_token_min": float(per_token.min()),
            "ordinary_first_token_median": float(per_token.median()), "bos_at_later_position": to_moved,
            "n_tokens": len(ordinary)},
-    verdict="reproduced" if position_not_token else "not reproduced",
+    verdict=v_position,
     source="arXiv 2603.06591", seeds=[seed],
 )
 
@@ -222,9 +224,14 @@ display(Markdown(
 #
 # If that component makes the sink, removing its output **at position 0 only** should collapse
 # the sink in all later layers. We zero it, and separately replace it by its mean over ordinary
-# positions; as controls, we ablate the same component at another position, and a late MLP at
-# position 0. Then the converse: copy position 0's early residual stream into another position.
-# Does that position become a sink?
+# positions (both must collapse it: necessity). The controls are interventions that *could*
+# collapse the sink if the claim were false, each read over the layers it can reach: the same
+# component ablated at every position except 0 (if the sink needed what that component writes at
+# the queries), and the next most harmful early component ablated at P0 (if any large early write
+# at P0 would do). Then the converse, sufficiency: copy position 0's early residual stream into
+# another position, or make that position attend only to itself in the first blocks, as position
+# 0 must. Does it become a sink? The verdict (`sinklens.claims.recognised_within_two_blocks`)
+# needs all three.
 
 # %%
 pattern_only = lambda n: n.endswith("hook_pattern") or n.endswith("hook_resid_post")  # noqa: E731
@@ -249,12 +256,20 @@ resp_hook = hook_of(resp_layer, resp_kind)
 runs = {"clean": cache}
 _, runs[f"zero {responsible} @ P0"] = circuits.ablate_at_position(model, tokens, [resp_hook], position=0, mode="zero", names_filter=pattern_only)
 _, runs[f"mean {responsible} @ P0"] = circuits.ablate_at_position(model, tokens, [resp_hook], position=0, mode="mean", names_filter=pattern_only)
-_, runs[f"zero {responsible} @ pos 5 (control)"] = circuits.ablate_at_position(model, tokens, [resp_hook], position=5, mode="zero", names_filter=pattern_only)
-_, runs[f"zero L{n_layers - 2} mlp @ P0 (control)"] = circuits.ablate_at_position(model, tokens, [hook_of(n_layers - 2, "mlp")], position=0, mode="zero", names_filter=pattern_only)
+# Controls that could collapse the sink if the claim were false, each read over the layers it can reach:
+# (a) the same component ablated at every position except 0 (if the sink needed query-side features,
+#     this would collapse it); (b) the next most harmful component of blocks 0-2, ablated at P0 (if any
+#     large early write at P0 mattered, this would collapse it too).
+all_but_p0 = list(range(1, tokens.shape[1]))
+_, runs[f"zero {responsible} @ all but P0 (control)"] = circuits.ablate_at_position(model, tokens, [resp_hook], position=all_but_p0, mode="zero", names_filter=pattern_only)
+runner_up = scan["zero-ablated at P0"].drop(responsible).idxmin()  # the next most harmful early component
+ru_layer, ru_kind = int(runner_up.split()[0][1:]), runner_up.split()[1]
+_, runs[f"zero {runner_up} @ P0 (control)"] = circuits.ablate_at_position(model, tokens, [hook_of(ru_layer, ru_kind)], position=0, mode="zero", names_filter=pattern_only)
 ablation = {name: circuits.attention_to_position(c, 0, n_layers=n_layers).mean(1) for name, c in runs.items()}
 fig, ax = plt.subplots(figsize=(8, 3.4))
 for name, curve in ablation.items():
     ax.plot(curve, marker=".", label=name)
+ax.axhline(collapse * clean_late, color="grey", ls=":", lw=0.8, label=f"collapse line ({collapse:g} x clean, layers {late.start}+)")
 ax.set(xlabel="layer", ylabel="mean attention to position 0", title="Ablating at one position only")
 ax.legend(fontsize=7)
 fig.tight_layout()
@@ -262,8 +277,9 @@ summary = {name: float(curve[late].mean()) for name, curve in ablation.items()}
 zero_late = summary[f"zero {responsible} @ P0"]
 mean_late = summary[f"mean {responsible} @ P0"]
 controls = {k: v for k, v in summary.items() if "control" in k}
-controls_ok = all(v > 0.8 * clean_late for v in controls.values())
-collapses = zero_late < 0.5 * clean_late
+collapses = zero_late < collapse * clean_late
+zero_curve = ablation[f"zero {responsible} @ P0"][late]
+recovery = [late.start + i for i, v in enumerate(zero_curve.tolist()) if v >= collapse * clean_late]
 
 patched = {}
 for layer in range(1, min(4, n_layers)):
@@ -272,7 +288,11 @@ for layer in range(1, min(4, n_layers)):
 display(Markdown(
     f"The component whose removal at P0 hurts the sink most is **{responsible}**. Zeroing it at position 0 "
     f"moves attention to position 0 in layers {late.start}+ from {clean_late:.2f} to {zero_late:.2f} "
-    f"(mean-ablating it: {mean_late:.2f}); the controls stay at {', '.join(f'{v:.2f}' for v in controls.values())}. "
+    f"(mean-ablating it: {mean_late:.2f}); the controls leave {', '.join(f'{k}: {v:.2f}' for k, v in controls.items())}. "
+    + (f"Under zero-ablation the sink comes back in layers {recovery[0]}-{recovery[-1]} ({len(recovery)} of the "
+       f"{n_layers - late.start} later layers reach {collapse:g} x clean again): a second stage rebuilds it there. "
+       if recovery else "")
+    + 
     f"Patching position 0's residual stream into position {later_position} at the input of blocks "
     f"{', '.join(map(str, patched))} gives that position {', '.join(f'{v:.3f}' for v in patched.values())} "
     f"of the later layers' attention, against {clean_late:.2f} for the real position 0."
@@ -349,15 +369,26 @@ display(Markdown(
 ))
 
 # %%
-within_two = bool(collapses and controls_ok and resp_layer <= 1)
+sufficiency = {f"P0's residual patched into position {later_position} at block {k}": v for k, v in patched.items()}
+sufficiency[f"position {later_position} self-only in layers 0-{n_early - 1}"] = float(best.iloc[1])
+v_within = claims.with_sensitivity(
+    claims.recognised_within_two_blocks, "collapse", clean=clean_late, zero_ablated=zero_late, mean_ablated=mean_late,
+    controls=controls, sufficiency=sufficiency, responsible_layer=resp_layer, collapse=collapse,
+    has_sink=first_sink_layer is not None)
+display(Markdown(
+    f"**Verdict on \"a circuit in the first two blocks recognises position 0\": {v_within.verdict}.** Necessity: "
+    f"zero-ablating {responsible} at P0 leaves {zero_late:.2f}, mean-ablating it {mean_late:.2f} (collapse line "
+    f"{collapse * clean_late:.2f}). Sufficiency: at most {max(sufficiency.values()):.3f}. Rule: {v_within.rule}."
+))
 results.record(
     "recognised-within-two-blocks",
     "A circuit in the first two blocks recognises position 0 and makes it the sink (ablating it at P0 collapses the sink)",
     value={"responsible_component": responsible, "largest_writer": writer, "largest_writer_share": share,
            "attention_clean": clean_late, "attention_zero_ablated": zero_late, "attention_mean_ablated": mean_late,
            "controls": controls, "patched_into_other_position": patched,
-           "self_only_attention_at_other_position": self_only.reset_index().to_dict("records")},
-    verdict="reproduced" if within_two else ("partly" if collapses else "not reproduced"),
+           "self_only_attention_at_other_position": self_only.reset_index().to_dict("records"),
+           "sufficiency": sufficiency, "zero_ablated_recovers_in_layers": recovery},
+    verdict=v_within,
     source="arXiv 2603.06591", seeds=[seed],
     details="responsible = the component in blocks 0-2 whose zero-ablation at P0 lowers later attention to P0 most",
 )
@@ -440,7 +471,6 @@ for s in zoo_seeds:
     hit = e[e >= 0.5]
     per_seed_onset[s] = int(hit.index.min()) if len(hit) else None
 onsets = [v for v in per_seed_onset.values() if v is not None]
-early = bool(onsets) and len(onsets) == len(zoo_seeds) and max(onsets) <= 0.25 * total_tokens
 massive_final = final_by_layer.norm_ratio >= massive_ratio
 first_layer_jump = final_by_layer.index[massive_final].min() if massive_final.any() else None
 concentrates = first_layer_jump is not None and first_layer_jump <= 1
@@ -457,7 +487,8 @@ results.record(
     "The sink emerges early in training",
     value={"onset_tokens_per_seed": per_seed_onset, "total_tokens": int(total_tokens),
            "final_max_sink_metric": float(final_by_layer.sink_metric.max())},
-    verdict=("reproduced" if early else "partly") if onsets else "not tested here",  # no sink: nothing to time
+    verdict=claims.with_sensitivity(claims.sink_emerges_early, "max_share", onset_tokens=per_seed_onset,
+                                    total_tokens=int(total_tokens), max_share=0.25),
     source="arXiv 2603.06591", seeds=list(zoo_seeds), model=f"sinklens-zoo-{zoo_size}",
     details=f"{zoo_size} residual GPT trained by sinklens; onset = sink metric >= 0.5 in some layer; reproduced = "
             "onset within the first quarter of training in every seed; not tested here when no sink forms",
@@ -468,11 +499,11 @@ results.record(
     value={"first_massive_layer": None if first_layer_jump is None else int(first_layer_jump),
            "final_norm_ratio_by_layer": final_by_layer.norm_ratio.tolist(),
            "pretrained_first_massive_layer": jump_layer, "massive_ratio": massive_ratio},
-    verdict="reproduced" if (concentrates and jump_layer is not None and jump_layer <= 1) else
-            ("partly" if (concentrates or (jump_layer is not None and jump_layer <= 1)) else "not reproduced"),
+    verdict=claims.signature_in_first_two_layers(None if first_layer_jump is None else int(first_layer_jump), jump_layer),
     source="arXiv 2603.06591", seeds=list(zoo_seeds),
     model=f"{info.name} + sinklens-zoo-{zoo_size}",
     details=f"massive = P0 residual norm >= {massive_ratio:g}x the other positions' median (chapter 3's definition); "
             "reproduced = first massive in layer 0 or 1 in this page's pretrained model and in our trained models",
 )
 print(results.save())
+display(Markdown(claims.what_we_found(results.claims)))

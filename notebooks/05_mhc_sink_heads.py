@@ -217,7 +217,7 @@ results.record(
     "circuits-formed",
     "Every model of the zoo forms a previous-token head, a confirmed induction head above it, and copies in context",
     value={f"{scheme}/seed{s}": d.to_dict() for (scheme, s), d in decisions.items()},
-    verdict="measured", seeds=list(seeds),
+    verdict=claims.measured("sinklens.formation.decide with Criteria(), per model"), seeds=list(seeds),
     details=f"{n_formed} of {len(decisions)} models formed, by sinklens.formation.decide with Criteria(): "
             "previous-token >= 0.4, induction >= 0.4 and screen >= 50x above a previous-token head, "
             "second-copy loss <= 0.5 x first-copy loss",
@@ -348,22 +348,15 @@ def shift(kind: str, later: bool = False) -> dict:
     return out
 
 
-def shift_verdict(kind: str, later: bool = False) -> str:
-    if not present[kind]:
-        return "not tested here"
-    d = shift(kind, later)
-    if all(x > 0 for v in d.values() for x in v):
-        return "reproduced"
-    if any(np.mean(v) > 0 for v in d.values()):
-        return "partly"
-    return "not reproduced"
+def shift_verdict(kind: str, later: bool = False) -> claims.Verdict:
+    return claims.layer_shift(shift(kind, later) if present[kind] else {}, heads_present=present[kind],
+                              direction="later" if later else "earlier")
 
 
 orig = {k: {s: ha.normalised_depth(v, ha.MHC_INTERP_N_LAYERS).item() for s, v in d.items()}
         for k, d in ha.MHC_INTERP_MEDIAN_LAYERS.items()}
 v_prev, v_ind, v_dup = shift_verdict("previous_token"), shift_verdict("induction"), shift_verdict("duplicate_token", later=True)
-combined = ("reproduced" if v_prev == v_ind == "reproduced" else "not tested here" if v_prev == v_ind == "not tested here"
-            else "not reproduced" if {v_prev, v_ind} <= {"not reproduced", "not tested here"} else "partly")
+combined = claims.both_head_types(v_prev, v_ind)
 mean_depth = medians.groupby(["kind", "scheme"]).median_depth.mean()
 
 
@@ -378,8 +371,8 @@ display(Markdown(
     f"{orig['induction']['residual']:.2f} / {orig['induction']['mhc']:.2f} / {orig['induction']['mhc-lite']:.2f}. "
     f"Duplicate-token: {depth_sentence('duplicate_token')}; the original {orig['duplicate_token']['residual']:.2f} / "
     f"{orig['duplicate_token']['mhc']:.2f} / {orig['duplicate_token']['mhc-lite']:.2f}. "
-    f"**Claim 1 (earlier under mHC): {combined}** (previous-token: {v_prev}; induction: {v_ind}). "
-    f"**Claim 3 (duplicate-token heads later): {v_dup}.** The original's shift, 0.25 of depth, is "
+    f"**Claim 1 (earlier under mHC): {combined.verdict}** (previous-token: {v_prev.verdict}; induction: {v_ind.verdict}). "
+    f"**Claim 3 (duplicate-token heads later): {v_dup.verdict}.** The original's shift, 0.25 of depth, is "
     f"{0.25 * n_layers:.1f} layers of these {n_layers}-layer models: one layer is the smallest shift they can show."
 ))
 results.record(
@@ -390,7 +383,7 @@ results.record(
            "original_normalised": {k: orig[k] for k in ("previous_token", "induction")},
            "heads_present": {k: present[k] for k in ("previous_token", "induction")}, "top_k": top_k, "n_layers": n_layers},
     verdict=combined, source="MHC Interp #1 (github.com/Realmbird/mhc-interp)", seeds=list(seeds),
-    details=f"previous-token: {v_prev}; induction: {v_ind}. Depth = (layer + 0.5) / n_layers; {n_layers}-layer models; "
+    details=f"previous-token: {v_prev.verdict}; induction: {v_ind.verdict}. Depth = (layer + 0.5) / n_layers; {n_layers}-layer models; "
             "'not tested here' where the head type is absent from some model",
 )
 results.record(
@@ -431,21 +424,15 @@ fig.colorbar(sc, ax=axes, label="depth", shrink=0.8)
 plt.show()
 agg = agree.groupby("scheme")[["spearman", "overlap"]].mean().reindex(SCHEMES)
 chance = top_k / (n_layers * n_heads)
-mhc_disagree = [agree[agree.scheme == v].overlap.mean() <= 0.5 for v in ("mhc", "mhc-lite")]
-mhc_below_res = [agree[agree.scheme == v].overlap.mean() < agree[agree.scheme == "residual"].overlap.mean() for v in ("mhc", "mhc-lite")]
-if not present["previous_token"]:
-    v_agree = "not tested here"
-elif all(mhc_disagree) and all(mhc_below_res):
-    v_agree = "reproduced"
-elif any(mhc_disagree):
-    v_agree = "partly"
-else:
-    v_agree = "not reproduced"
+overlaps = {sch: agree[agree.scheme == sch].overlap.tolist() for sch in SCHEMES}
+v_agree = claims.with_sensitivity(
+    claims.pattern_and_ablation_disagree, "max_overlap", overlap_mhc=overlaps["mhc"], overlap_lite=overlaps["mhc-lite"],
+    overlap_residual=overlaps["residual"], max_overlap=0.5, heads_present=present["previous_token"], chance=chance)
 display(Markdown(
     "Mean over seeds, Spearman ρ (previous-token score, ablation effect): "
     + ", ".join(f"{s} {agg.loc[s, 'spearman']:.2f}" for s in SCHEMES)
     + f"; top-{top_k} overlap: " + ", ".join(f"{s} {agg.loc[s, 'overlap']:.2f}" for s in SCHEMES)
-    + f" (chance: {chance:.2f}). **Claim 4 (pattern and ablation disagree under mHC): {v_agree}.**"
+    + f" (chance: {chance:.2f}). **Claim 4 (pattern and ablation disagree under mHC): {v_agree.verdict}.**"
     + ("" if present["previous_token"] else " These models have no clear previous-token heads, so 'pattern-top' heads "
        "are only the least-uniform heads, and the comparison says little.")
 ))
@@ -455,8 +442,7 @@ results.record(
     value={"spearman_mean": agg.spearman.to_dict(), "top_k_overlap_mean": agg.overlap.to_dict(), "chance_overlap": chance,
            "per_seed": agree[["scheme", "seed", "spearman", "overlap"]].to_dict("records")},
     verdict=v_agree, source="MHC Interp #1", seeds=list(seeds),
-    details=f"ablation = total effect of zeroing hook_z ({ablation_mode}) on {n_seqs} held-out windows; "
-            "reproduced = top-k overlap <= 0.5 under mHC and mHC-lite, and below the residual model's",
+    details=f"ablation = total effect of zeroing hook_z ({ablation_mode}) on {n_seqs} held-out windows",
 )
 
 # %% [markdown]
@@ -520,7 +506,7 @@ pt_m = vert[vert.scheme == "mhc"].pattern_top.to_numpy()
 rule_vert = claims.sink_like_previous_token_heads(
     lb_m, vert[vert.scheme == "mhc"].kurtosis_load_bearing.to_numpy(),
     vert[vert.scheme == "residual"].load_bearing.to_numpy(), length=mcfg.n_ctx, heads_present=present["previous_token"])
-v_vert = rule_vert.verdict
+v_vert = rule_vert
 display(Markdown(
     f"Under mHC the load-bearing previous-token heads' verticality is {lb_m.mean():.2f} (seeds: "
     f"{', '.join(f'{x:.2f}' for x in lb_m)}), the pattern-top heads' {pt_m.mean():.2f}; in the residual model "
@@ -532,7 +518,7 @@ display(Markdown(
     f"at the original's 15 tokens; `sinklens.claims.uniform_verticality`); uniform attention's kurtosis of column "
     f"means is {claims.uniform_kurtosis(mcfg.n_ctx):.2f}. Load-bearing = the previous-token heads (formation "
     f"criteria) with the largest ablation effects. **Claim 2 (load-bearing previous-token heads under mHC are "
-    f"sink-like): {v_vert}.** Rule: {rule_vert.rule}."
+    f"sink-like): {v_vert.verdict}.** Rule: {rule_vert.rule}."
 ))
 results.record(
     "mhc-prev-token-heads-are-sinks",
@@ -546,7 +532,7 @@ results.record(
     verdict=v_vert, source="MHC Interp #1 (verticality_figure.py)", seeds=list(seeds),
     details="verticality of the head-averaged pattern, column means over all rows (mhc-interp's definition); "
             "load-bearing = the previous-token heads with the largest total ablation effects (the original: by "
-            "indirect effect); " + rule_vert.rule,
+            "indirect effect)",
 )
 
 # %% [markdown]
@@ -590,17 +576,16 @@ plt.show()
 hc_max = max(gain_train_max["hc"])
 mhc_max = max(gain_train_max["mhc"] + gain_final["mhc"])
 lite_max = max(gain_train_max["mhc-lite"] + gain_final["mhc-lite"])
-bounded = mhc_max < 1.1 and lite_max < 1.001
-hc_grows = min(max(gain_train_max["hc"][i], gain_final["hc"][i]) for i in range(len(seeds))) > 1.5
+hc_per_seed = [max(gain_train_max["hc"][i], gain_final["hc"][i]) for i in range(len(seeds))]
 # A doubly stochastic product has gain 1: mHC's bound is a guarantee of the method ("by construction",
 # not evidence) unless Sinkhorn's approximation broke it. HC's growth is the measured part (its own claim).
-v_amax = "by construction" if bounded else "not reproduced"
-v_hc_grows = "reproduced" if hc_grows else "not reproduced"
+v_amax = claims.gain_bounded_by_construction(mhc_max, lite_max)
+v_hc_grows = claims.with_sensitivity(claims.gain_grows, "threshold", per_seed_max=hc_per_seed, threshold=1.5)
 display(Markdown(
     f"Largest forward Amax gain of the composite during training: HC {hc_max:.2f}, mHC {mhc_max:.4f}, mHC-lite "
     f"{lite_max:.6f} (max over {len(seeds)} seed{'s' if len(seeds) > 1 else ''}); after training: HC "
     f"{np.mean(gain_final['hc']):.2f}, mHC {np.mean(gain_final['mhc']):.4f}, mHC-lite {np.mean(gain_final['mhc-lite']):.6f}. "
-    f"**Claim 5 (mHC bounds the gain): {v_amax}**; **HC's gain grows (above 1.5 in every seed): {v_hc_grows}.** "
+    f"**Claim 5 (mHC bounds the gain): {v_amax.verdict}**; **HC's gain grows (above 1.5 in every seed): {v_hc_grows.verdict}.** "
     f"With {2 * n_layers} sub-layers the composite is a short product; the mHC paper reports HC gains in the "
     f"thousands on a much deeper model (Xie et al. 2025). mHC's bound is a property of doubly stochastic matrices, "
     f"so it is listed as a guarantee, not as evidence."
@@ -611,15 +596,13 @@ results.record(
     value={"max_during_training": gain_train_max, "final_composite": gain_final,
            "final_by_depth_mean": {k: v.mean(0).tolist() for k, v in depth_curves.items()}},
     verdict=v_amax, source="MHC Interp #1; Xie et al. 2025 (arXiv 2512.24880)", seeds=list(seeds),
-    details="by construction (doubly stochastic H_res) when mHC < 1.1 and mHC-lite < 1.001 everywhere; "
-            "not reproduced otherwise",
 )
 results.record(
     "hc-amax-gain-grows",
     "Without the constraint (HC), the composite Amax gain grows above 1",
     value={"max_during_training": gain_train_max["hc"], "final_composite": gain_final["hc"]},
     verdict=v_hc_grows, source="Xie et al. 2025 (arXiv 2512.24880)", seeds=list(seeds),
-    details="reproduced = HC's forward gain (max during training or at the end) > 1.5 in every seed",
+    details="gain = HC's forward composite gain, max during training or at the end",
 )
 
 # %% [markdown]
@@ -648,11 +631,11 @@ plt.show()
 val = {scheme: np.array([histories[scheme, s]["val_loss"] for s in seeds]) for scheme in SCHEMES}
 diff = val["mhc-lite"] - val["mhc"]
 seed_spread = max(float(val["mhc"].std()), float(val["mhc-lite"].std())) if len(seeds) > 1 else 0.0
-# parity needs a seed-to-seed spread to compare with: with one seed there is no test
-parity = abs(diff.mean()) <= 2 * seed_spread if len(seeds) > 1 else None
+# parity needs a seed-to-seed spread to compare with: with one seed there is no test (claims.losses_match)
 exact = float(ds_err["mhc-lite"].max()) < 1e-5  # by construction (Birkhoff-von Neumann), shown, not evidence
 same_layout = all(abs(mean_depth[k, "mhc"] - mean_depth[k, "mhc-lite"]) <= 1 / n_layers for k in ("previous_token", "induction"))
-v_lite = "not tested here" if parity is None else ("reproduced" if parity else "not reproduced")
+v_lite = claims.losses_match(val["mhc"][:, -1] if val["mhc"].ndim > 1 else val["mhc"],
+                             val["mhc-lite"][:, -1] if val["mhc-lite"].ndim > 1 else val["mhc-lite"])
 twin_rho = [ha.spearman(per_model["mhc", s]["ablation"], per_model["mhc-lite", s]["ablation"]) for s in seeds]
 from sinklens.model import GPT  # noqa: E402
 
@@ -670,7 +653,7 @@ display(Markdown(
     f"Held-out loss mHC-lite − mHC: {diff.mean():+.4f} nats (seeds: {', '.join(f'{d:+.4f}' for d in diff)}; seed std "
     f"{seed_spread:.4f}). Top-k head depths agree within one layer: {'yes' if same_layout else 'no'}; the rank "
     f"correlation of the two models' per-head ablation effects, same seed, is {', '.join(f'{r:.2f}' for r in twin_rho)}. "
-    f"**Claim 6 (mHC-lite matches mHC without Sinkhorn): {v_lite}.**\n\n"
+    f"**Claim 6 (mHC-lite matches mHC without Sinkhorn): {v_lite.verdict}.**\n\n"
     f"Two cautions. The mHC and mHC-lite models of one seed start from "
     f"{'the same' if shared_init else 'different'} transformer weights (checked: the connection modules draw no "
     "random numbers, so the seed gives every scheme the same attention and MLP weights) and nearly the same "
@@ -689,8 +672,7 @@ results.record(
            "ablation_rank_correlation_mhc_vs_lite": twin_rho,
            "same_head_layout": same_layout},
     verdict=v_lite, source="MHC Interp #1; Yang & Gao 2026 (arXiv 2601.05732)", seeds=list(seeds),
-    details="reproduced = |mean held-out loss difference, mHC-lite - mHC| <= 2 x the larger seed std (needs >= 2 "
-            f"seeds); mHC-lite's exactness (deviation < 1e-5: {exact}) holds by construction and is not counted",
+    details=f"mHC-lite's exactness (deviation < 1e-5: {exact}) holds by construction and is not counted",
 )
 
 # %% [markdown]
@@ -889,3 +871,4 @@ display(Markdown(
     f"{time.perf_counter() - t_start:.0f} s, model training excluded when cached."
 ))
 print(results.save())
+display(Markdown(claims.what_we_found(results.claims)))

@@ -58,6 +58,7 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
+from sinklens import claims
 from sinklens import selectivity as S
 from sinklens import zoo
 from sinklens.plotting import set_style
@@ -373,18 +374,13 @@ per_run = lambda col: {f"{k[0]}/seed{k[1]}": (None if pd.isna(v) else float(v)) 
 n_bos_heads_total = int((head_df.label == "bos").sum())
 bos_01 = int(trans.bos_heads_layers_0_1.sum())
 deeper = n_layers > 2
-if bos_01 > 0:
-    v_layers = "not reproduced"
-elif n_bos_heads_total > 0:
-    v_layers = "reproduced"
-else:
-    v_layers = "not tested here"
+v_layers = claims.no_bos_heads_early(bos_01, n_bos_heads_total)
 display(Markdown(
     f"**BOS heads in layers 0-1.** Over all {n_screened} checkpoints, {n_bos_heads_total} head-checkpoints are "
     f"classified BOS, {bos_01} of them in layers 0-1"
     + ("" if deeper else f" (our `{zoo_size}` models have only {n_layers} layers, so layers 0-1 are the whole model)")
-    + f". Verdict: **{v_layers}**."
-    + (" With no BOS-classified head anywhere, the claim cannot be tested at this scale." if v_layers == "not tested here" else "")
+    + f". Verdict: **{v_layers.verdict}**."
+    + (" With no BOS-classified head anywhere, the claim cannot be tested at this scale." if v_layers.verdict == "not tested here" else "")
 ))
 results.record(
     "no-bos-heads-in-layers-0-1",
@@ -397,14 +393,10 @@ results.record(
 
 both = trans.dropna(subset=["induction_tokens", "bos50_tokens"])
 ratios = both.ratio.astype(float)
-if len(both) == 0:
-    v_order = "not tested here"
-elif (ratios <= 1).any():
-    v_order = "not reproduced"
-elif len(both) == len(trans) and (ratios >= 11).all():
-    v_order = "reproduced"
-else:
-    v_order = "partly"
+v_order = claims.with_sensitivity(claims.induction_before_bos, "min_ratio", ratios=ratios.tolist(), n_runs=len(trans),
+                                  min_ratio=11.0)
+v_order_paper_heads = claims.induction_before_bos(
+    (trans.bos50_tokens / trans.induction3_tokens).dropna().astype(float).tolist(), len(trans))
 n_ind = int(trans.induction_tokens.notna().sum())
 n_bos50 = int(trans.bos50_tokens.notna().sum())
 display(Markdown(
@@ -414,16 +406,18 @@ display(Markdown(
     f"{trans.max_bos_fraction.max():.0%}). "
     + (f"Where both happen, the BOS transition comes {ratios.min():.1f}–{ratios.max():.1f}× later in tokens "
        f"(median {ratios.median():.1f}×; the paper: 11–21×). " if len(both) else "")
-    + f"Verdict: **{v_order}**."
+    + f"Verdict: **{v_order.verdict}**; with the paper's 3 heads instead of {induction_min_heads}: "
+      f"{v_order_paper_heads.verdict}."
 ))
 results.record(
     "induction-forms-before-bos-attractor",
-    "Induction (>= 3 heads at >= 50x) forms 11-21x earlier in tokens than the BOS-attractor fraction reaches 50%",
+    f"Induction (>= {induction_min_heads} head(s) at >= 50x; the paper: 3) forms 11-21x earlier in tokens than the BOS-attractor fraction reaches 50%",
     value={"ratio_per_run": per_run(trans.ratio), "induction_tokens_per_run": per_run(trans.induction_tokens),
            "bos50_tokens_per_run": per_run(trans.bos50_tokens),
            "final_max_selectivity": {c: float(best[c]) for c in ("induction", "bos")},
            "max_bos_fraction": float(trans.max_bos_fraction.max()), "max_induction_heads": int(trans.max_induction_heads.max()),
-           "induction_min_heads": induction_min_heads, "total_tokens": total_tokens},
+           "induction_min_heads": induction_min_heads, "total_tokens": total_tokens,
+           "verdict_with_the_papers_3_heads": v_order_paper_heads.verdict},
     verdict=v_order, source="arXiv 2606.02378", seeds=seeds_all,
     details=f"induction = first checkpoint with >= {induction_min_heads} heads at >= {induction_threshold}x "
             f"(paper: 3 heads; our models have {n_layers * n_heads} heads)",
@@ -443,7 +437,7 @@ display(Markdown(
     f"Our snapshots are log-spaced (each about {np.exp(np.log(cfg0.n_steps) / max(1, cfg0.n_snapshots - 2)):.2f}× "
     "the previous step), like a coarse version of theirs."
 ))
-v_shape = "measured" if len(rises) and trans.max_bos_fraction.max() >= 0.1 else "not tested here"
+v_shape = claims.rise_shape_measured(float(trans.max_bos_fraction.max()), len(rises))
 results.record(
     "bos-fraction-sudden-vs-gradual",
     "The BOS-attractor fraction can jump between adjacent checkpoints (OLMo 7% -> 70%) or ramp gradually (Pythia, OLMoE)",
@@ -456,8 +450,8 @@ results.record(
 _ = results.record(
     "capability-screen-converges-early",
     "A capability screen converges within 0.3-2% of training",
-    value=None, verdict="not tested here", source="arXiv 2606.02378", seeds=[],
-    details="the paper's capability screen is not implemented in this chapter",
+    value=None, verdict=claims.not_tested("the paper's capability screen is not implemented in this chapter"),
+    source="arXiv 2606.02378", seeds=[],
 )
 
 # %%
@@ -544,10 +538,11 @@ if pythia_model:
         "pythia-induction-before-bos", f"On {pythia_model}: induction (>= 3 heads) forms 11-21x earlier than BOS fraction 50%",
         value={"induction_tokens": p_ind, "bos50_tokens": p_bos, "ratio": p_bos / p_ind if (p_ind and p_bos) else None,
                "bos_heads_layers_0_1": int(pythia.bos_in_layers_0_1.sum())},
-        verdict="measured", source="arXiv 2606.02378", seeds=[probe_seed],
+        verdict=claims.measured("the screen on the reader's Pythia checkpoints (online only)"), source="arXiv 2606.02378", seeds=[probe_seed],
     )
 else:
     display(Markdown("`pythia_model` is empty: the Pythia screen was skipped (it needs the Hugging Face hub)."))
 
 # %%
 print(results.save())
+display(Markdown(claims.what_we_found(results.claims)))

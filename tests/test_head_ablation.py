@@ -129,3 +129,26 @@ def test_published_reference_numbers_normalise():
     ref = ha.MHC_INTERP_MEDIAN_LAYERS
     assert ref["previous_token"]["residual"] == 15 and ref["induction"]["mhc"] == 9
     assert ha.normalised_depth(ref["previous_token"]["mhc"], ha.MHC_INTERP_N_LAYERS) == pytest.approx(6.5 / 36)
+
+
+def test_patterns_with_heads_ablated_changes_only_later_layers_and_leaves_no_hook():
+    model, tokens = _model(), _tokens()
+    _, clean = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+    ablated = ha.patterns_with_heads_ablated(model, tokens, [(0, 1), (0, 2)])
+    key0, key1 = "blocks.0.attn.hook_pattern", "blocks.1.attn.hook_pattern"
+    assert torch.allclose(ablated[key0], clean[key0])  # a head's own pattern does not change
+    assert not torch.allclose(ablated[key1], clean[key1])  # the next layer sees a residual without them
+    _, again = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+    assert torch.equal(again[key1], clean[key1])  # hooks removed
+    assert torch.allclose(ha.patterns_with_heads_ablated(model, tokens, [])[key1], clean[key1])
+
+
+def test_score_batch_head_output_norms_match_hook_z():
+    from sinklens import probes
+
+    model, tokens = _model(), _tokens()
+    out = probes.score_batch(model, tokens, batch_size=2, include_head_output=True, progress=False)
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_z"))
+    z1 = cache["blocks.1.attn.hook_z"]  # [batch, pos, head, d_head]
+    assert out["z_norm"].shape == (5, 2, 4, 12)
+    assert torch.allclose(out["z_norm"][:, 1], z1.norm(dim=-1).transpose(1, 2), atol=1e-5)

@@ -92,6 +92,29 @@ def _ablate_each_head_hook(n_heads: int, replacement: Tensor | None):
 
 
 @torch.no_grad()
+def patterns_with_heads_ablated(model, tokens: Tensor, heads: Sequence[tuple[int, int]]):
+    """Run ``tokens [batch, pos]`` with the outputs (``hook_z``) of ``heads`` zeroed together; return
+    the cache of every layer's ``hook_pattern``. A head's own pattern is unchanged, but the
+    patterns of later layers see a residual stream without those heads: this is how a composition
+    test (does an induction head need the previous-token heads below it?) reads the effect."""
+    by_layer: dict[int, list[int]] = {}
+    for l, h in heads:
+        by_layer.setdefault(int(l), []).append(int(h))
+
+    def zero_heads(hs: list[int]):
+        def hook(z: Tensor, hook=None) -> Tensor:
+            z = z.clone()
+            z[:, :, hs] = 0.0
+            return z
+        return hook
+
+    hooks = [(Z_HOOK.format(layer=l), zero_heads(hs)) for l, hs in by_layer.items()]
+    with model.hooks(fwd_hooks=hooks):
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+    return cache
+
+
+@torch.no_grad()
 def head_ablation_effects(
     model,
     tokens: Tensor,

@@ -50,6 +50,7 @@ Head = tuple[int, int]
 _HOOK_SUFFIXES = {
     "pattern": "attn.hook_pattern",
     "value": "attn.hook_v",
+    "z": "attn.hook_z",
     "resid_pre": "hook_resid_pre",
     "resid_mid": "hook_resid_mid",
     "resid_post": "hook_resid_post",
@@ -59,7 +60,7 @@ _HOOK_SUFFIXES = {
 def hook_filter(*kinds: str) -> Callable[[str], bool]:
     """A ``names_filter`` for ``run_with_cache`` keeping only the per-layer hooks of ``kinds``.
 
-    ``kinds`` are any of ``"pattern"``, ``"value"``, ``"resid_pre"``, ``"resid_mid"``,
+    ``kinds`` are any of ``"pattern"``, ``"value"``, ``"z"``, ``"resid_pre"``, ``"resid_mid"``,
     ``"resid_post"``. Caching a few hooks instead of all of them saves memory and time.
     """
     unknown = [k for k in kinds if k not in _HOOK_SUFFIXES]
@@ -165,6 +166,7 @@ def score_batch(
     batch_size: int = 8,
     include_norms: bool = False,
     keep_patterns: Sequence[Head] = (),
+    include_head_output: bool = False,
     progress: bool | None = None,
 ) -> dict[str, Tensor]:
     """Score every head on every sequence of ``tokens [n, pos]``, one batched pass.
@@ -180,11 +182,14 @@ def score_batch(
     - ``"loss"`` ``[n, pos - 1]``: next-token loss, as :func:`per_position_loss`;
     - with ``include_norms``: ``"value_norm"`` ``[n, layer, head, pos]`` and ``"residual_norm"``
       ``[n, layer, pos]`` (``resid_post``), as in :mod:`sinklens.scores`;
+    - with ``include_head_output``: ``"z_norm"`` ``[n, layer, head, pos]``, the L2 norm of each
+      head's output ``hook_z`` (the attention-weighted values, before the output projection);
     - with ``keep_patterns`` (a list of ``(layer, head)``): ``"patterns"`` ``[n, len(keep_patterns),
       q, k]``, those heads' full attention patterns, in that order.
     """
     keep = [(int(l), int(h)) for l, h in keep_patterns]
     kinds = ("pattern", "value", "resid_post") if include_norms else ("pattern",)
+    kinds = kinds + (("z",) if include_head_output else ())
 
     def reduce(chunk: Tensor, logits: Tensor, cache) -> dict[str, Tensor]:
         patterns = S.stack_patterns(cache)  # [layer, batch, head, q, k]
@@ -194,6 +199,10 @@ def score_batch(
             out["value_norm"] = S.value_norms(cache, n_heads=n_heads, per_batch=True)
             out["residual_norm"] = S.residual_norms(cache, per_batch=True)
         out["attn_to_first"] = patterns[..., 0].movedim(1, 0)  # [batch, layer, head, q]
+        if include_head_output:
+            zs = [cache[name] for name in sorted((n for n in cache.keys() if n.endswith(".attn.hook_z")),
+                                                 key=lambda n: int(n.split(".")[1]))]
+            out["z_norm"] = torch.stack([z.float().norm(dim=-1).transpose(1, 2) for z in zs], 1)  # [b, layer, head, pos]
         if keep:
             layers, heads = zip(*keep)
             out["patterns"] = patterns[list(layers), :, list(heads)].movedim(1, 0)  # [batch, sel, q, k]
