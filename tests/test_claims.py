@@ -251,3 +251,13 @@ def test_timing_rules():
     assert claims.rise_shape_measured(0.5, 2).verdict == "measured"
     assert claims.rise_shape_measured(0.05, 2).verdict == "not tested here"
     assert claims.not_tested("no screen").verdict == "not tested here"
+
+
+def test_position0_share_and_the_mhc_rule():
+    scores = torch.tensor([[0.9, 0.2], [0.6, 0.5]])
+    assert claims.position0_share(scores) == pytest.approx(0.5)  # 0.5 itself is not "more than half"
+    f = claims.fewer_position0_heads_under_mhc
+    assert f({"residual": [0.6, 0.5], "mhc": [0.1, 0.2], "mhc-lite": [0.2, 0.1]}).verdict == "reproduced"
+    assert f({"residual": [0.6, 0.5], "mhc": [0.1, 0.6], "mhc-lite": [0.7, 0.6]}).verdict == "partly"
+    assert f({"residual": [0.2, 0.2], "mhc": [0.3, 0.6], "mhc-lite": [0.7, 0.6]}).verdict == "not reproduced"
+    assert f({"residual": [0.0], "mhc": [0.3], "mhc-lite": [0.0]}).verdict == "not tested here"

@@ -503,3 +503,37 @@ def what_we_found(claims: Sequence[Mapping]) -> str:
         extra = f" At 0.5x / 2x the threshold: {sens.get('0.5x')} / {sens.get('2x')}." if sens else ""
         lines.append(f"- **{c['verdict']}**: {c['claim']}. *Rule:* {c.get('rule') or c.get('details') or '–'}.{extra}")
     return "\n".join(lines)
+
+
+#: "MHC Interp #1": share of heads putting more than 0.5 of their attention on position 0, from its
+#: saved attention arrays (issue 17): residual 57%, mHC 12%, mHC-lite 16%.
+MHC_INTERP_POSITION0_SHARE = {"residual": 0.57, "mhc": 0.12, "mhc-lite": 0.16}
+
+
+def position0_share(first_token_scores, *, min_attention: float = 0.5) -> float:
+    """The share of heads whose mean attention to position 0 (``[layer, head]`` first-token
+    scores, queries 1..) exceeds ``min_attention``: the source's position-0 statistic."""
+    s = np.asarray(first_token_scores, dtype=float)
+    if s.size == 0:
+        raise ValueError("Need at least one head's first-token score.")
+    return float((s > min_attention).mean())
+
+
+def fewer_position0_heads_under_mhc(share_per_seed: Mapping[str, Sequence[float]]) -> Verdict:
+    """Claim (source): fewer heads park on position 0 under mHC and mHC-lite than in the residual model.
+
+    ``share_per_seed[scheme]``: :func:`position0_share` of each seed's model, for ``residual``,
+    ``mhc`` and ``mhc-lite``; seeds are paired by index.
+    """
+    rule = ("reproduced = the share is lower under mHC and under mHC-lite than in the residual model, in every "
+            "seed; partly = lower on average in one variant; not reproduced = in neither; not tested here = no "
+            "residual head parks on position 0")
+    res = np.asarray(share_per_seed["residual"], dtype=float)
+    if res.size == 0:
+        raise ValueError("Need one share per seed.")
+    if (res == 0).all():
+        return Verdict("not tested here", rule)
+    variants = [np.asarray(share_per_seed[v], dtype=float) for v in ("mhc", "mhc-lite")]
+    if all(v.shape == res.shape and (v < res).all() for v in variants):
+        return Verdict("reproduced", rule)
+    return Verdict("partly" if any(v.mean() < res.mean() for v in variants) else "not reproduced", rule)
