@@ -536,6 +536,60 @@ results.record(
 )
 
 # %% [markdown]
+# ### Verticality depends on the prompt length
+#
+# Verticality is `T` x the largest column mean, so it runs from 1 to `T`: a perfect first-token
+# sink scores `T`, uniform causal attention `H_T`, and a perfect previous-token head 2 at every
+# length (`tests/test_claims.py` checks these values). The source measured it on a 15-token prompt,
+# we on 64-token windows. Under causal attention the first `T` rows of a pattern are exactly the
+# pattern of the first `T` tokens, so the same heads can be measured at several lengths. Beside it, a
+# length-free alternative (`sinklens.claims.top_key_share`): the attention share of the single
+# most-attended key over queries 1.., which is 1 for a perfect sink at every length.
+
+# %%
+lengths = [T for T in (15, 32, mcfg.n_ctx) if T <= mcfg.n_ctx]
+len_rows = []
+for (scheme, s), pm in per_model.items():
+    lb = load_bearing_previous_token_heads(pm, decisions[scheme, s])
+    avg = torch.stack([pm["patterns"][l, :, h] for l, h in lb]).mean(0)  # [batch, q, k]
+    for T in lengths:
+        sub = avg[:, :T, :T]
+        len_rows.append(dict(scheme=scheme, seed=s, T=T, verticality=claims.group_verticality(sub),
+                             uniform_verticality=claims.uniform_verticality(T), top_key_share=claims.top_key_share(sub),
+                             uniform_top_key_share=claims.top_key_share(claims.uniform_causal_pattern(T))))
+by_len = pd.DataFrame(len_rows)
+len_table = by_len.groupby(["scheme", "T"])[["verticality", "uniform_verticality", "top_key_share", "uniform_top_key_share"]].mean()
+display(len_table.style.format("{:.2f}").set_caption("Load-bearing previous-token heads: verticality and top-key share by prompt length (mean over seeds)"))
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+for scheme in SCHEMES:
+    t = len_table.loc[scheme]
+    axes[0].plot(t.index, t.verticality, marker="o", color=COLORS[scheme], label=scheme)
+    axes[1].plot(t.index, t.top_key_share, marker="o", color=COLORS[scheme], label=scheme)
+axes[0].plot(lengths, [claims.uniform_verticality(T) for T in lengths], color="grey", ls=":", label="uniform (H_T)")
+axes[1].plot(lengths, [claims.top_key_share(claims.uniform_causal_pattern(T)) for T in lengths], color="grey", ls=":", label="uniform")
+axes[0].set(xlabel="prompt length T", ylabel="verticality", title="Verticality grows with T")
+axes[1].set(xlabel="prompt length T", ylabel="top-key share", title="Top-key share (0-1 at every T)", ylim=(0, 1))
+for ax in axes:
+    ax.legend(fontsize=7)
+fig.tight_layout()
+plt.show()
+mhc_len = len_table.loc["mhc"]
+display(Markdown(
+    f"Under mHC the load-bearing previous-token heads' verticality is "
+    + ", ".join(f"{mhc_len.loc[T, 'verticality']:.2f} at T = {T}" for T in lengths)
+    + " (uniform: " + ", ".join(f"{claims.uniform_verticality(T):.2f}" for T in lengths) + "); their top-key share "
+    + ", ".join(f"{mhc_len.loc[T, 'top_key_share']:.2f}" for T in lengths) + ". A verticality threshold fixed "
+    "without the length (the source's 2 or 3) therefore means a different thing at each prompt length."
+))
+results.record(
+    "verticality-depends-on-length",
+    "Verticality of the same heads depends on the prompt length T; the top-key share is bounded by 1 at every T",
+    value={"by_scheme_and_length": {f"{sch}/T{T}": {k: float(v) for k, v in row.items()} for (sch, T), row in len_table.iterrows()}},
+    verdict=claims.measured("verticality and top-key share of the load-bearing previous-token heads on the first T tokens"),
+    source="MHC Interp #1 (verticality_figure.py, 15-token prompt)", seeds=list(seeds),
+)
+
+# %% [markdown]
 # ### How many heads park on position 0, per scheme
 #
 # The source counts, from its saved attention arrays, the heads that put more than half of their

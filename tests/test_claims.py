@@ -261,3 +261,19 @@ def test_position0_share_and_the_mhc_rule():
     assert f({"residual": [0.6, 0.5], "mhc": [0.1, 0.6], "mhc-lite": [0.7, 0.6]}).verdict == "partly"
     assert f({"residual": [0.2, 0.2], "mhc": [0.3, 0.6], "mhc-lite": [0.7, 0.6]}).verdict == "not reproduced"
     assert f({"residual": [0.0], "mhc": [0.3], "mhc-lite": [0.0]}).verdict == "not tested here"
+
+
+@pytest.mark.parametrize("length", [15, 64])
+def test_top_key_share_is_length_free_for_a_sink(length):
+    sink = torch.zeros(length, length)
+    sink[:, 0] = 1.0
+    assert claims.top_key_share(sink) == pytest.approx(1.0)  # verticality: length
+    assert claims.group_verticality(sink) == pytest.approx(length)
+    prev = torch.zeros(length, length)
+    prev[0, 0] = 1.0
+    prev[torch.arange(1, length), torch.arange(0, length - 1)] = 1.0
+    assert claims.top_key_share(prev) == pytest.approx(1 / (length - 1))
+    harmonic = sum(1 / i for i in range(1, length + 1))
+    assert claims.top_key_share(claims.uniform_causal_pattern(length)) == pytest.approx((harmonic - 1) / (length - 1), rel=1e-5)
+    with pytest.raises(ValueError):
+        claims.top_key_share(torch.ones(1, 1))

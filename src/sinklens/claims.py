@@ -537,3 +537,18 @@ def fewer_position0_heads_under_mhc(share_per_seed: Mapping[str, Sequence[float]
     if all(v.shape == res.shape and (v < res).all() for v in variants):
         return Verdict("reproduced", rule)
     return Verdict("partly" if any(v.mean() < res.mean() for v in variants) else "not reproduced", rule)
+
+
+def top_key_share(pattern: torch.Tensor) -> float:
+    """A length-free alternative to verticality: the attention share of the single most-attended key.
+
+    ``pattern`` ``[..., q, k]`` (e.g. head-averaged, per sequence): the largest column mean over the
+    queries ``1 .. T - 1`` (query 0 can only attend to itself), averaged over leading dimensions. It
+    runs from 0 to 1 at every length: a perfect first-token sink scores 1 whatever ``T`` (verticality
+    scores ``T``), a perfect previous-token head ``1 / (T - 1)``, uniform causal attention
+    ``(H_T - 1) / (T - 1)``.
+    """
+    if pattern.shape[-1] < 2:
+        raise ValueError("Need at least 2 positions.")
+    cols = pattern[..., 1:, :].float().mean(-2)  # [..., k]
+    return float(cols.amax(-1).mean())
