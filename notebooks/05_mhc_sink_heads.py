@@ -76,7 +76,7 @@ from sinklens.data import repeated_random_tokens
 from sinklens.hyperconnections import H_RES_DIAGONAL_INIT, SCHEMES, amax_gain, doubly_stochastic_error
 from sinklens.plotting import attention_view, set_style
 from sinklens.provenance import ChapterResults, provenance_markdown
-from sinklens.scores import all_head_scores, column_means
+from sinklens.scores import all_head_scores
 from sinklens.train import BOS_ID, UNK_ID, get_batch, load_data
 
 torch.set_grad_enabled(False)
@@ -458,11 +458,9 @@ results.record(
 # scatter shows every head's own verticality and kurtosis (causal column means, `sinklens.scores`).
 
 # %%
-def group_verticality(patterns: torch.Tensor, group: list[tuple[int, int]]) -> float:
-    """mhc-interp's verticality of the head-averaged pattern, per sequence, averaged."""
-    avg = torch.stack([patterns[l, :, h] for l, h in group]).mean(0)  # [batch, q, k]
-    c = column_means(avg, causal=False)
-    return float((c.amax(-1) / c.mean(-1)).mean())
+def head_average(patterns: torch.Tensor, group: list[tuple[int, int]]) -> torch.Tensor:
+    """The pattern averaged over a group of heads, per sequence: ``[layer, batch, head, q, k]`` -> ``[batch, q, k]``."""
+    return torch.stack([patterns[l, :, h] for l, h in group]).mean(0)
 
 
 def load_bearing_previous_token_heads(pm: dict, decision) -> list[tuple[int, int]]:
@@ -477,7 +475,8 @@ for (scheme, s), pm in per_model.items():
     pt = ha.top_k_heads(pm["text"]["previous_token"], top_k)
     kurt = pm["text"]["kurtosis"]
     vert_rows.append(dict(scheme=scheme, seed=s, n_load_bearing=len(lb),
-                          load_bearing=group_verticality(pm["patterns"], lb), pattern_top=group_verticality(pm["patterns"], pt),
+                          load_bearing=claims.group_verticality(head_average(pm["patterns"], lb)),
+                          pattern_top=claims.group_verticality(head_average(pm["patterns"], pt)),
                           kurtosis_load_bearing=float(np.nanmean([kurt[l, h] for l, h in lb])),
                           kurtosis_pattern_top=float(np.nanmean([kurt[l, h] for l, h in pt]))))
 vert = pd.DataFrame(vert_rows)
@@ -503,10 +502,9 @@ plt.show()
 
 lb_m = vert[vert.scheme == "mhc"].load_bearing.to_numpy()
 pt_m = vert[vert.scheme == "mhc"].pattern_top.to_numpy()
-rule_vert = claims.sink_like_previous_token_heads(
+v_vert = claims.sink_like_previous_token_heads(
     lb_m, vert[vert.scheme == "mhc"].kurtosis_load_bearing.to_numpy(),
     vert[vert.scheme == "residual"].load_bearing.to_numpy(), length=mcfg.n_ctx, heads_present=present["previous_token"])
-v_vert = rule_vert
 display(Markdown(
     f"Under mHC the load-bearing previous-token heads' verticality is {lb_m.mean():.2f} (seeds: "
     f"{', '.join(f'{x:.2f}' for x in lb_m)}), the pattern-top heads' {pt_m.mean():.2f}; in the residual model "
@@ -518,7 +516,7 @@ display(Markdown(
     f"at the original's 15 tokens; `sinklens.claims.uniform_verticality`); uniform attention's kurtosis of column "
     f"means is {claims.uniform_kurtosis(mcfg.n_ctx):.2f}. Load-bearing = the previous-token heads (formation "
     f"criteria) with the largest ablation effects. **Claim 2 (load-bearing previous-token heads under mHC are "
-    f"sink-like): {v_vert.verdict}.** Rule: {rule_vert.rule}."
+    f"sink-like): {v_vert.verdict}.** Rule: {v_vert.rule}."
 ))
 results.record(
     "mhc-prev-token-heads-are-sinks",
@@ -541,22 +539,22 @@ results.record(
 # Verticality is `T` x the largest column mean, so it runs from 1 to `T`: a perfect first-token
 # sink scores `T`, uniform causal attention `H_T`, and a perfect previous-token head 2 at every
 # length (`tests/test_claims.py` checks these values). The source measured it on a 15-token prompt,
-# we on 64-token windows. Under causal attention the first `T` rows of a pattern are exactly the
+# we on windows of the models' full context. Under causal attention the first `T` rows of a pattern are exactly the
 # pattern of the first `T` tokens, so the same heads can be measured at several lengths. Beside it, a
 # length-free alternative (`sinklens.claims.top_key_share`): the attention share of the single
 # most-attended key over queries 1.., which is 1 for a perfect sink at every length.
 
 # %%
-lengths = [T for T in (15, 32, mcfg.n_ctx) if T <= mcfg.n_ctx]
+lengths = sorted({T for T in (15, 32, mcfg.n_ctx) if T <= mcfg.n_ctx})
+uniform_at = {T: (claims.uniform_verticality(T), claims.top_key_share(claims.uniform_causal_pattern(T))) for T in lengths}
 len_rows = []
 for (scheme, s), pm in per_model.items():
-    lb = load_bearing_previous_token_heads(pm, decisions[scheme, s])
-    avg = torch.stack([pm["patterns"][l, :, h] for l, h in lb]).mean(0)  # [batch, q, k]
+    avg = head_average(pm["patterns"], load_bearing_previous_token_heads(pm, decisions[scheme, s]))  # [batch, q, k]
     for T in lengths:
         sub = avg[:, :T, :T]
         len_rows.append(dict(scheme=scheme, seed=s, T=T, verticality=claims.group_verticality(sub),
-                             uniform_verticality=claims.uniform_verticality(T), top_key_share=claims.top_key_share(sub),
-                             uniform_top_key_share=claims.top_key_share(claims.uniform_causal_pattern(T))))
+                             uniform_verticality=uniform_at[T][0], top_key_share=claims.top_key_share(sub),
+                             uniform_top_key_share=uniform_at[T][1]))
 by_len = pd.DataFrame(len_rows)
 len_table = by_len.groupby(["scheme", "T"])[["verticality", "uniform_verticality", "top_key_share", "uniform_top_key_share"]].mean()
 display(len_table.style.format("{:.2f}").set_caption("Load-bearing previous-token heads: verticality and top-key share by prompt length (mean over seeds)"))
@@ -565,8 +563,8 @@ for scheme in SCHEMES:
     t = len_table.loc[scheme]
     axes[0].plot(t.index, t.verticality, marker="o", color=COLORS[scheme], label=scheme)
     axes[1].plot(t.index, t.top_key_share, marker="o", color=COLORS[scheme], label=scheme)
-axes[0].plot(lengths, [claims.uniform_verticality(T) for T in lengths], color="grey", ls=":", label="uniform (H_T)")
-axes[1].plot(lengths, [claims.top_key_share(claims.uniform_causal_pattern(T)) for T in lengths], color="grey", ls=":", label="uniform")
+axes[0].plot(lengths, [uniform_at[T][0] for T in lengths], color="grey", ls=":", label="uniform (H_T)")
+axes[1].plot(lengths, [uniform_at[T][1] for T in lengths], color="grey", ls=":", label="uniform")
 axes[0].set(xlabel="prompt length T", ylabel="verticality", title="Verticality grows with T")
 axes[1].set(xlabel="prompt length T", ylabel="top-key share", title="Top-key share (0-1 at every T)", ylim=(0, 1))
 for ax in axes:
@@ -577,7 +575,7 @@ mhc_len = len_table.loc["mhc"]
 display(Markdown(
     f"Under mHC the load-bearing previous-token heads' verticality is "
     + ", ".join(f"{mhc_len.loc[T, 'verticality']:.2f} at T = {T}" for T in lengths)
-    + " (uniform: " + ", ".join(f"{claims.uniform_verticality(T):.2f}" for T in lengths) + "); their top-key share "
+    + " (uniform: " + ", ".join(f"{uniform_at[T][0]:.2f}" for T in lengths) + "); their top-key share "
     + ", ".join(f"{mhc_len.loc[T, 'top_key_share']:.2f}" for T in lengths) + ". A verticality threshold fixed "
     "without the length (the source's 2 or 3) therefore means a different thing at each prompt length."
 ))
@@ -663,7 +661,6 @@ hc_per_seed = [max(gain_train_max["hc"][i], gain_final["hc"][i]) for i in range(
 # A doubly stochastic product has gain 1: mHC's bound is a guarantee of the method ("by construction",
 # not evidence) unless Sinkhorn's approximation broke it. HC's growth is the measured part (its own claim).
 v_amax = claims.gain_bounded_by_construction(mhc_max, lite_max)
-sinkhorn_iters_note = f"{mcfg.sinkhorn_iters} Sinkhorn iterations" if hasattr(mcfg, "sinkhorn_iters") else "the Sinkhorn iterations"
 v_hc_grows = claims.with_sensitivity(claims.gain_grows, "threshold", per_seed_max=hc_per_seed, threshold=1.5)
 display(Markdown(
     f"Largest forward Amax gain of the composite during training: HC {hc_max:.2f}, mHC {mhc_max:.4f}, mHC-lite "
@@ -674,7 +671,7 @@ display(Markdown(
     f"thousands on a much deeper model (Xie et al. 2025). "
     + ("mHC's bound is a property of doubly stochastic matrices, so it is listed as a guarantee, not as evidence."
        if v_amax.verdict == "by construction" else
-       f"mHC's bound would be a guarantee of doubly stochastic matrices, but {sinkhorn_iters_note} leave some "
+       f"mHC's bound would be a guarantee of doubly stochastic matrices, but {mcfg.sinkhorn_iters} Sinkhorn iterations leave some "
        f"`H_res` far from doubly stochastic (largest deviation {max(float(doubly_stochastic_error(h)) for s in seeds for h in per_model['mhc', s]['h_res']):.2f}, "
        "Section 7), and the composite gain with it: the guarantee does not hold in these trained models.")
 ))
