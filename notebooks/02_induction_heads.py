@@ -437,10 +437,11 @@ display(Markdown(
 comp_tokens = rep[:n_composition_seeds]
 ind_of = lambda cache: S.induction_scores(cache, N)  # noqa: E731  [layer, head]
 if prev_before and mean_heads:
-    others = sorted(((l, h) for l in sorted({l for l, _ in prev_before}) for h in range(cfg.n_heads)
-                     if (l, h) not in prev_heads), key=lambda lh: float(prev_mean[lh]))
-    per_layer_need = {l: sum(1 for ll, _ in prev_before if ll == l) for l, _ in prev_before}
-    control_heads = [lh for l in per_layer_need for lh in [x for x in others if x[0] == l][: per_layer_need[l]]]
+    control_heads = []  # per layer, as many non-previous-token heads as it has previous-token heads, lowest scores first
+    for l in dict.fromkeys(l for l, _ in prev_before):
+        need = sum(1 for ll, _ in prev_before if ll == l)
+        others = sorted((h for h in range(cfg.n_heads) if (l, h) not in prev_heads), key=lambda h: float(prev_mean[l, h]))
+        control_heads += [(l, h) for h in others[:need]]
     idx = tuple(zip(*mean_heads))
     _, clean_cache = model.run_with_cache(comp_tokens, names_filter=probes.hook_filter("pattern"))
     comp_clean = float(ind_of(clean_cache)[idx].mean())

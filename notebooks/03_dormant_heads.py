@@ -179,8 +179,8 @@ n_dormant = int(((txt_mean >= dormant_share) & (txt_mean > rep2_mean)).sum())
 all_txt = txt_out["attn_to_first"][..., 1:].mean((0, -1))  # [layer, head]
 all_rep2 = rep_out["attn_to_first"][..., N + 1 :].mean((0, -1))
 n_kv = getattr(cfg, "n_key_value_heads", None)
-groups = [(l, h // (cfg.n_heads // (n_kv or cfg.n_heads))) for l, h in heads]
-n_groups = len(claims.kv_groups(heads, cfg.n_heads, n_kv))
+groups = [claims.kv_group(l, h, cfg.n_heads, n_kv) for l, h in heads]
+n_groups = len(set(groups))
 dormant_verdict = claims.with_sensitivity(
     claims.dormant_on_text, "min_share", text_share=txt_mean.tolist(), copy_share=rep2_mean.tolist(),
     all_text_share=all_txt.flatten().tolist(), all_copy_share=all_rep2.flatten().tolist(), groups=groups,

@@ -277,7 +277,6 @@ summary = {name: float(curve[late].mean()) for name, curve in ablation.items()}
 zero_late = summary[f"zero {responsible} @ P0"]
 mean_late = summary[f"mean {responsible} @ P0"]
 controls = {k: v for k, v in summary.items() if "control" in k}
-collapses = zero_late < collapse * clean_late
 zero_curve = ablation[f"zero {responsible} @ P0"][late]
 recovery = [late.start + i for i, v in enumerate(zero_curve.tolist()) if v >= collapse * clean_late]
 
@@ -292,8 +291,7 @@ display(Markdown(
     + (f"Under zero-ablation the sink comes back in layers {recovery[0]}-{recovery[-1]} ({len(recovery)} of the "
        f"{n_layers - late.start} later layers reach {collapse:g} x clean again): a second stage rebuilds it there. "
        if recovery else "")
-    + 
-    f"Patching position 0's residual stream into position {later_position} at the input of blocks "
+    + f"Patching position 0's residual stream into position {later_position} at the input of blocks "
     f"{', '.join(map(str, patched))} gives that position {', '.join(f'{v:.3f}' for v in patched.values())} "
     f"of the later layers' attention, against {clean_late:.2f} for the real position 0."
     + (" Copying P0's residual is **not** enough to make a sink elsewhere in this model. One likely "
@@ -473,7 +471,6 @@ for s in zoo_seeds:
 onsets = [v for v in per_seed_onset.values() if v is not None]
 massive_final = final_by_layer.norm_ratio >= massive_ratio
 first_layer_jump = final_by_layer.index[massive_final].min() if massive_final.any() else None
-concentrates = first_layer_jump is not None and first_layer_jump <= 1
 display(Markdown(
     f"At the end of training the largest sink metric over layers is {final_by_layer.sink_metric.max():.2f} "
     f"and the largest P0 norm ratio {final_by_layer.norm_ratio.max():.2f}. "

@@ -419,3 +419,16 @@ def test_layer_by_layer_and_stacked_paths_agree(native, monkeypatch, limit):
         torch.testing.assert_close(got["residual_norm"][:, l], cache[f"blocks.{l}.hook_resid_post"].norm(dim=-1))
         torch.testing.assert_close(got["value_norm"][:, l, 3], cache[f"blocks.{l}.attn.hook_v"][:, :, 1].norm(dim=-1))
     torch.testing.assert_close(S.verticality(cache, per_batch=True), ref["verticality"])
+
+
+def test_head_output_norms_read_hook_z_per_layer_and_head():
+    from sinklens.scores import ScoreInputError, head_output_norms
+
+    z0, z1 = torch.randn(2, 5, 3, 4), torch.randn(2, 5, 3, 4)  # [batch, pos, head, d_head]
+    cache = {"blocks.0.attn.hook_z": z0, "blocks.1.attn.hook_z": z1}
+    out = head_output_norms(cache, per_batch=True)
+    assert out.shape == (2, 2, 3, 5)
+    assert torch.allclose(out[:, 1], z1.norm(dim=-1).transpose(1, 2))
+    assert torch.allclose(head_output_norms(cache), out.mean(0))
+    with pytest.raises(ScoreInputError, match="hook_z"):
+        head_output_norms(torch.zeros(1, 1, 1, 2, 2))

@@ -149,14 +149,18 @@ def jaccard(a: Iterable, b: Iterable) -> float:
     return len(a & b) / len(a | b) if a | b else 1.0
 
 
-def kv_groups(heads: Iterable[tuple[int, int]], n_heads: int, n_kv_heads: int | None) -> set[tuple[int, int]]:
-    """The independent (layer, key/value head) groups of ``heads`` under grouped-query attention.
+def kv_group(layer: int, head: int, n_heads: int, n_kv_heads: int | None) -> tuple[int, int]:
+    """The (layer, key/value head) that query head ``head`` reads under grouped-query attention.
 
     Heads ``h`` and ``h'`` of a layer share keys and values when ``h // g == h' // g`` with
     ``g = n_heads / n_kv_heads``; without GQA (``n_kv_heads`` None or equal) every head is its own group.
     """
-    per_group = n_heads // (n_kv_heads or n_heads)
-    return {(int(l), int(h) // per_group) for l, h in heads}
+    return int(layer), int(head) // (n_heads // (n_kv_heads or n_heads))
+
+
+def kv_groups(heads: Iterable[tuple[int, int]], n_heads: int, n_kv_heads: int | None) -> set[tuple[int, int]]:
+    """The independent (layer, key/value head) groups of ``heads`` (:func:`kv_group`)."""
+    return {kv_group(l, h, n_heads, n_kv_heads) for l, h in heads}
 
 
 # --- chapter 2: induction heads -----------------------------------------------------------------
@@ -421,9 +425,9 @@ def pattern_and_ablation_disagree(overlap_mhc: Sequence[float], overlap_lite: Se
     if not heads_present:
         return Verdict("not tested here", rule)
     res = float(np.mean(overlap_residual))
-    ok = [float(np.mean(o)) <= max_overlap and float(np.mean(o)) < res for o in (overlap_mhc, overlap_lite)]
-    disagree = [float(np.mean(o)) <= max_overlap for o in (overlap_mhc, overlap_lite)]
-    if all(ok):
+    means = [float(np.mean(o)) for o in (overlap_mhc, overlap_lite)]
+    disagree = [m <= max_overlap for m in means]
+    if all(d and m < res for d, m in zip(disagree, means)):
         return Verdict("reproduced", rule)
     return Verdict("partly" if any(disagree) else "not reproduced", rule)
 

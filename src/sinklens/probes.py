@@ -200,9 +200,7 @@ def score_batch(
             out["residual_norm"] = S.residual_norms(cache, per_batch=True)
         out["attn_to_first"] = patterns[..., 0].movedim(1, 0)  # [batch, layer, head, q]
         if include_head_output:
-            zs = [cache[name] for name in sorted((n for n in cache.keys() if n.endswith(".attn.hook_z")),
-                                                 key=lambda n: int(n.split(".")[1]))]
-            out["z_norm"] = torch.stack([z.float().norm(dim=-1).transpose(1, 2) for z in zs], 1)  # [b, layer, head, pos]
+            out["z_norm"] = S.head_output_norms(cache, per_batch=True)  # [batch, layer, head, pos]
         if keep:
             layers, heads = zip(*keep)
             out["patterns"] = patterns[list(layers), :, list(heads)].movedim(1, 0)  # [batch, sel, q, k]

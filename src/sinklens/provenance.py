@@ -85,10 +85,10 @@ class ChapterResults:
         chapter assigns a verdict itself. Its rule is stored as ``rule``, its 0.5x / 2x threshold
         verdicts as ``sensitivity``; ``details`` adds context.
         """
-        if isinstance(verdict, str) or not hasattr(verdict, "rule"):
+        from sinklens.claims import Verdict  # here: sinklens.claims imports VERDICTS from this module
+
+        if not isinstance(verdict, Verdict):  # a Verdict checks its own string against VERDICTS
             raise TypeError(f"claim {claim_id!r}: verdict must be a sinklens.claims.Verdict from a rule, got {verdict!r}.")
-        if verdict.verdict not in VERDICTS:
-            raise ValueError(f"verdict must be one of {VERDICTS}, got {verdict.verdict!r}.")
         if any(c["id"] == claim_id for c in self.claims):
             raise ValueError(f"claim {claim_id!r} recorded twice in chapter {self.chapter!r}.")
         entry = {

@@ -61,6 +61,7 @@ CacheOrPatterns = Union[Cache, Tensor]
 
 PATTERN_HOOK = "blocks.{layer}.attn.hook_pattern"
 VALUE_HOOK = "blocks.{layer}.attn.hook_v"
+Z_HOOK = "blocks.{layer}.attn.hook_z"
 RESIDUAL_HOOKS = ("resid_pre", "resid_mid", "resid_post")
 # Below this many bytes of activations the layers are stacked and reduced at once; above it they
 # are reduced one layer at a time (see _map_layers).
@@ -74,6 +75,7 @@ __all__ = [
     "duplicate_token_scores",
     "previous_token_scores",
     "first_token_scores",
+    "head_output_norms",
     "column_means",
     "verticality",
     "attention_kurtosis",
@@ -489,6 +491,16 @@ def value_norms(
         raise ScoreInputError(f"{n_heads} query heads cannot share {n_kv} KV heads evenly.")
     if n_heads != n_kv:
         norms = norms.repeat_interleave(n_heads // n_kv, dim=2)
+    return norms if per_batch else norms.mean(0)
+
+
+def head_output_norms(cache: Cache, *, per_batch: bool = False) -> Tensor:
+    """L2 norm of each head's output ``hook_z`` (the attention-weighted values, before the output
+    projection): ``[layer, head, pos]`` (batch mean) or ``[batch, layer, head, pos]``."""
+    if isinstance(cache, Tensor):
+        raise ScoreInputError("head_output_norms needs the cache (hook_z), not stacked patterns.")
+    zs = _layer_tensors(cache, Z_HOOK, 4, "[batch, pos, head, d_head]")
+    norms = _map_layers(zs, _norm, stack=False).permute(1, 0, 3, 2)  # [batch, layer, head, pos]
     return norms if per_batch else norms.mean(0)
 
 
