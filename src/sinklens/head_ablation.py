@@ -53,13 +53,23 @@ MHC_INTERP_VERTICALITY = {"load_bearing": 4.19, "pattern_top": 2.0}
 # --- losses and ablation -------------------------------------------------------------------------
 
 
-def per_sequence_loss(logits: Tensor, tokens: Tensor) -> Tensor:
-    """Mean next-token cross-entropy of each sequence: ``[b, p, vocab]``, ``[b, p]`` -> ``[b]``."""
+def per_sequence_loss(logits: Tensor, tokens: Tensor, positions: Sequence[int] | None = None) -> Tensor:
+    """Mean next-token cross-entropy of each sequence: ``[b, p, vocab]``, ``[b, p]`` -> ``[b]``.
+
+    ``positions``: the query positions ``i`` whose prediction of ``tokens[:, i + 1]`` counts
+    (default: all, ``0 .. p - 2``).
+    """
     if logits.shape[:2] != tokens.shape or tokens.shape[1] < 2:
         raise ValueError(f"logits {tuple(logits.shape)} and tokens {tuple(tokens.shape)} do not match "
                          "(need [batch, pos, vocab] and [batch, pos] with pos >= 2).")
     ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten(), reduction="none")
-    return ce.view(tokens.shape[0], -1).mean(-1)
+    ce = ce.view(tokens.shape[0], -1)  # [b, p - 1]
+    if positions is None:
+        return ce.mean(-1)
+    positions = [int(i) for i in positions]
+    if not positions or any(not 0 <= i < ce.shape[1] for i in positions):
+        raise ValueError(f"positions must be a non-empty list of query positions in [0, {ce.shape[1]}), got {positions}.")
+    return ce[:, positions].mean(-1)
 
 
 def _n_layers_heads(model) -> tuple[int, int]:
@@ -123,6 +133,7 @@ def head_ablation_effects(
     batch_size: int | None = None,
     per_sequence: bool = False,
     layers: Sequence[int] | None = None,
+    positions: Sequence[int] | None = None,
     progress: bool = True,
     desc: str = "head ablation",
 ) -> Tensor:
@@ -138,7 +149,8 @@ def head_ablation_effects(
     ``h`` loses head ``h``. ``batch_size`` bounds the number of *original* sequences per pass
     (default: all), so a pass holds ``n_heads * batch_size`` sequences. ``per_sequence=True``
     returns ``[layer, head, batch]`` (one value per sequence, for error bars). ``layers``
-    restricts the layers (others are NaN).
+    restricts the layers (others are NaN). ``positions``: only the loss of these query positions
+    counts (:func:`per_sequence_loss`; mhc-interp scores induction ablations on the second copy).
     """
     if mode not in ("zero", "mean"):
         raise ValueError(f"mode must be 'zero' or 'mean', got {mode!r}.")
@@ -151,7 +163,7 @@ def head_ablation_effects(
     batch = tokens.shape[0]
     batch_size = batch if batch_size is None else max(1, int(batch_size))
     means = mean_head_outputs(model, tokens) if mode == "mean" else None
-    base = torch.cat([per_sequence_loss(model(tokens[i : i + batch_size]), tokens[i : i + batch_size])
+    base = torch.cat([per_sequence_loss(model(tokens[i : i + batch_size]), tokens[i : i + batch_size], positions)
                       for i in range(0, batch, batch_size)])  # [batch]
     out = torch.full((n_layers, n_heads, batch), float("nan"))
     chunks = [(l, i) for l in layers for i in range(0, batch, batch_size)]
@@ -161,7 +173,7 @@ def head_ablation_effects(
         hook = _ablate_each_head_hook(n_heads, None if means is None else means[layer])
         with model.hooks(fwd_hooks=[(Z_HOOK.format(layer=layer), hook)]):
             logits = model(repeated)
-        loss = per_sequence_loss(logits, repeated).view(n_heads, -1)  # [head, b]
+        loss = per_sequence_loss(logits, repeated, positions).view(n_heads, -1)  # [head, b]
         out[layer, :, i : i + chunk.shape[0]] = loss.cpu() - base[i : i + chunk.shape[0]].cpu()
     return out if per_sequence else out.mean(-1)
 
