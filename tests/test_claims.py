@@ -277,3 +277,26 @@ def test_top_key_share_is_length_free_for_a_sink(length):
     assert claims.top_key_share(claims.uniform_causal_pattern(length)) == pytest.approx((harmonic - 1) / (length - 1), rel=1e-5)
     with pytest.raises(ValueError):
         claims.top_key_share(torch.ones(1, 1))
+
+
+def test_vertical_above_every_outcome():
+    assert claims.vertical_above([4.0, 5.0], threshold=2.0, heads_present=True).verdict == "reproduced"
+    assert claims.vertical_above([1.5, 5.0], threshold=2.0, heads_present=True).verdict == "partly"
+    assert claims.vertical_above([1.5, 1.9], threshold=2.0, heads_present=True).verdict == "not reproduced"
+    assert claims.vertical_above([4.0], threshold=2.0, heads_present=False).verdict == "not tested here"
+    # the same heads fail once the threshold is uniform attention's H_15 instead of 2
+    h15 = claims.uniform_verticality(15)
+    assert claims.vertical_above([3.0, 3.2], threshold=h15, heads_present=True, baseline="H_15").verdict == "not reproduced"
+    with pytest.raises(ValueError):
+        claims.vertical_above([], threshold=2.0, heads_present=True)
+
+
+def test_direct_split_by_construction():
+    zero_below_last = torch.zeros(3, 4)
+    zero_below_last[-1] = 0.3
+    assert claims.direct_split_by_construction(zero_below_last).verdict == "by construction"
+    some = zero_below_last.clone()
+    some[0, 1] = 0.01
+    assert claims.direct_split_by_construction(some).verdict == "measured"
+    with pytest.raises(ValueError):
+        claims.direct_split_by_construction(torch.zeros(1, 4))

@@ -102,11 +102,18 @@ def uniform_verticality(length: int) -> float:
     return group_verticality(uniform_causal_pattern(length))
 
 
+def group_kurtosis(pattern: torch.Tensor) -> float:
+    """The book's kurtosis of one (head-averaged) pattern ``[q, k]``: the excess kurtosis of its causal
+    column means over the keys (:func:`sinklens.scores.attention_kurtosis`; the source names kurtosis
+    but computes none)."""
+    if pattern.dim() != 2:
+        raise ValueError(f"pattern must be [q, k], got shape {tuple(pattern.shape)}.")
+    return float(attention_kurtosis(pattern[None, None, None]).squeeze())  # [layer, batch, head, q, k]
+
+
 def uniform_kurtosis(length: int) -> float:
-    """Excess kurtosis of the causal column means (:func:`sinklens.scores.attention_kurtosis`) of
-    uniform causal attention: the baseline a sink's heavy tail must beat."""
-    pattern = uniform_causal_pattern(length)[None, None, None]  # [layer, batch, head, q, k]
-    return float(attention_kurtosis(pattern).squeeze())
+    """:func:`group_kurtosis` of uniform causal attention: the baseline a sink's heavy tail must beat."""
+    return group_kurtosis(uniform_causal_pattern(length))
 
 
 def sink_like_previous_token_heads(
@@ -556,3 +563,36 @@ def top_key_share(pattern: torch.Tensor) -> float:
         raise ValueError("Need at least 2 positions.")
     cols = pattern[..., 1:, :].float().mean(-2)  # [..., k]
     return float(cols.amax(-1).mean())
+
+
+# --- chapter 5: the source's protocol beside ours -------------------------------------------------
+
+
+def vertical_above(verticality_mhc: Sequence[float], *, threshold: float, heads_present: bool,
+                   baseline: str = "the source's '> 2 = sink-like'") -> Verdict:
+    """Claim (as the source decides it): mHC's load-bearing heads are sink-like, i.e. their verticality
+    exceeds ``threshold`` (``baseline`` says where it comes from). Per seed, one verticality."""
+    rule = (f"reproduced = verticality > {threshold:.2f} ({baseline}) in every seed; partly = in some; "
+            "not reproduced = in none; not tested here = no previous-token heads")
+    if not heads_present:
+        return Verdict("not tested here", rule)
+    v = np.asarray(verticality_mhc, dtype=float)
+    if v.size == 0:
+        raise ValueError("Need one verticality per seed.")
+    above = v > threshold
+    if above.all():
+        return Verdict("reproduced", rule)
+    return Verdict("partly" if above.any() else "not reproduced", rule)
+
+
+def direct_split_by_construction(source_direct, *, tolerance: float = 0.0) -> Verdict:
+    """The source's direct/indirect split: its "direct effect" is 0 for every head below the last
+    layer by construction when it freezes every later block's output. ``source_direct`` ``[layer,
+    head]``, measured with that freeze. 'by construction' when every layer but the last is within
+    ``tolerance`` of 0 (then its "indirect effect" is the total effect); 'measured' otherwise."""
+    d = np.asarray(source_direct, dtype=float)
+    if d.ndim != 2 or d.shape[0] < 2:
+        raise ValueError("Need a [layer, head] map of at least 2 layers.")
+    rule = (f"by construction = the split's direct effect is within {tolerance:g} of 0 for every head below the last "
+            "layer (freezing every later block's output freezes the logits), so its indirect effect is the total")
+    return Verdict("by construction" if bool((np.abs(d[:-1]) <= tolerance).all()) else "measured", rule)

@@ -1,0 +1,108 @@
+"""The source's protocol (sinklens.protocol): prompts, scores, ranks, and one model measured both ways."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sinklens import claims, protocol
+from sinklens.model import GPT, GPTConfig
+
+
+def test_adapted_prompts_follow_the_source():
+    p = protocol.source_prompts(lambda text: list(range(2, 2 + len(text.split()))), d_vocab=4096, bos_id=0)
+    assert p.sentence.shape == (1, 14) and p.sentence[0, 0] != 0  # no BOS on the sentence
+    n = protocol.SOURCE_N_REPEAT
+    assert p.repeat.shape == (1, 1 + 2 * n) and p.repeat[0, 0] == 0
+    assert torch.equal(p.repeat[0, 1 : 1 + n], p.repeat[0, 1 + n :])
+    lo, hi = protocol.adapted_id_range(4096)
+    assert (lo, hi) == (82, 3260) and bool(((p.repeat[0, 1:] >= lo) & (p.repeat[0, 1:] < hi)).all())
+    # the source's own draw at its own vocabulary: default_rng(0).integers(1000, 40000, 25)
+    src = protocol.source_prompts(lambda t: [5, 6], d_vocab=protocol.SOURCE_D_VOCAB, bos_id=50256)
+    assert src.repeat[0, 1:26].tolist() == np.random.default_rng(0).integers(1000, 40000, size=25).tolist()
+    assert p.second_copy_positions() == list(range(26, 50))
+    with pytest.raises(ValueError, match="too small"):
+        protocol.adapted_id_range(30)
+
+
+def _perfect(kind: str, T: int, n: int = 0) -> torch.Tensor:
+    a = torch.zeros(T, T)
+    a[0, 0] = 1
+    for q in range(1, T):
+        if kind == "previous":
+            a[q, q - 1] = 1
+        elif kind == "sink":
+            a[q, 0] = 1
+        elif kind == "induction":
+            a[q, q - n + 1 if q > n else 0] = 1
+        elif kind == "duplicate":
+            a[q, q - n if q > n else 0] = 1
+    return a
+
+
+def test_scores_on_perfect_heads():
+    n, T = 5, 11
+    assert float(protocol.previous_token_score(_perfect("previous", T))) == 1.0
+    assert float(protocol.previous_token_score(_perfect("sink", T))) == pytest.approx(1 / (T - 1))
+    assert float(protocol.induction_score(_perfect("induction", T, n), n)) == 1.0
+    assert float(protocol.duplicate_score(_perfect("induction", T, n), n)) == 0.0
+    assert float(protocol.duplicate_score(_perfect("duplicate", T, n), n)) == 1.0
+    assert float(protocol.induction_score(_perfect("duplicate", T, n), n)) == 0.0
+    # the source's verticality: 2 for a perfect previous-token head, T for a perfect sink, H_T for uniform
+    assert claims.group_verticality(_perfect("previous", 15)) == pytest.approx(2.0)
+    assert claims.group_verticality(_perfect("sink", 15)) == pytest.approx(15.0)
+    with pytest.raises(ValueError):
+        protocol.induction_score(_perfect("induction", T, n), 6)
+
+
+def test_ranks_top_k_and_rankings():
+    pattern = np.array([[0.9, 0.1], [0.5, 0.7]])
+    ablation = np.array([[0.0, 0.3], [0.2, 0.1]])
+    assert protocol.percentile_rank(pattern).tolist() == [[1.0, 0.0], [1 / 3, 2 / 3]]
+    assert protocol.min_percentile(pattern, ablation).tolist() == [[0.0, 0.0], [1 / 3, 1 / 3]]
+    assert protocol.top_k_for(720) == 20 and protocol.top_k_for(24) == 1 and protocol.top_k_for(72, k=5) == 1
+    assert np.array_equal(protocol.ranking_scores(pattern, ablation, "residual", "source"), pattern)
+    assert not np.array_equal(protocol.ranking_scores(pattern, ablation, "mhc", "source"), pattern)
+    assert np.array_equal(protocol.ranking_scores(pattern, ablation, "mhc", "pattern"), pattern)
+    with pytest.raises(ValueError, match="ranking"):
+        protocol.ranking_scores(pattern, ablation, "mhc", "by vibes")
+    assert protocol.median_depth([(0, 1), (2, 0), (3, 0)], 6) == pytest.approx(2.5 / 6)
+
+
+@pytest.mark.parametrize("residual", ["residual", "mhc"])
+def test_measure_one_model_both_splits(residual):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layers=3, d_model=32, n_heads=4, n_ctx=64, d_vocab=600, residual=residual,
+                          **({} if residual == "residual" else {"n_streams": 2}))).eval()
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.out.weight.mul_(30)
+            block.attn.qkv.weight.mul_(5)
+    prompts = protocol.source_prompts(lambda t: [3 + i for i in range(len(t.split()))], d_vocab=600, bos_id=0)
+    m = protocol.measure(model, prompts)
+    assert m.pattern["previous_token"].shape == (3, 4) and m.sentence_patterns.shape == (3, 4, 14, 14)
+    assert set(m.ablation) == set(protocol.KINDS)
+    assert np.all(m.source_direct[:-1] == 0)  # the source's split: 0 below the last layer
+    assert claims.direct_split_by_construction(m.source_direct).verdict == "by construction"
+    assert np.abs(m.direct[:-1]).max() > 1e-4  # ours sees a direct part
+    np.testing.assert_allclose(m.source_indirect, m.ablation["previous_token"] - m.source_direct)
+    assert len(protocol.top_heads(m, "induction", residual, "source", 2)) == 2
+
+
+def test_depth_shifts_sign():
+    depths = {("residual", 0): 0.75, ("mhc", 0): 0.25, ("mhc-lite", 0): 0.75}
+    assert protocol.depth_shifts(depths, [0]) == {"mhc": [0.5], "mhc-lite": [0.0]}
+    assert protocol.depth_shifts(depths, [0], later=True) == {"mhc": [-0.5], "mhc-lite": [0.0]}
+
+
+def test_adapted_sentence_keeps_the_source_frame():
+    from sinklens.data import gpt2_tokenizer
+
+    tok = gpt2_tokenizer()
+    src, ada = tok.encode(protocol.SOURCE_SENTENCE), tok.encode(protocol.ADAPTED_SENTENCE)
+    assert len(src) == len(ada) == 15
+    # the frame: A and B ... , B ... to A (positions of the repeated names match the source's)
+    assert src[1] == src[14] and src[3] == src[9] and ada[1] == ada[14] and ada[3] == ada[9]
+    p = protocol.source_prompts(tok.encode, protocol.SOURCE_D_VOCAB, 50256, sentence=protocol.ADAPTED_SENTENCE)
+    assert p.sentence[0].tolist() == ada
