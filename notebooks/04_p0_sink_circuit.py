@@ -237,35 +237,18 @@ display(Markdown(
 pattern_only = lambda n: n.endswith("hook_pattern") or n.endswith("hook_resid_post")  # noqa: E731
 late = slice(max(n_early, first_sink_layer or 0), n_layers)  # the layers after the candidate circuit
 clean_late = float(attn0[late].mean())
-hook_of = lambda layer, kind: f"blocks.{layer}.hook_{kind}_out"  # noqa: E731
-scan = []
-for layer in range(n_early):
-    for kind in ("attn", "mlp"):
-        row = {"component": f"L{layer} {kind}"}
-        for mode in ("zero", "mean"):
-            _, c = circuits.ablate_at_position(model, tokens, [hook_of(layer, kind)], position=0, mode=mode, names_filter=pattern_only)
-            row[f"{mode}-ablated at P0"] = float(circuits.attention_to_position(c, 0, n_layers=n_layers)[late].mean())
-        scan.append(row)
-scan = pd.DataFrame(scan).set_index("component")
+tests_p0 = circuits.p0_necessity_and_controls(model, tokens, n_early=n_early, late=late)
+scan = pd.DataFrame({name: {"zero-ablated at P0": v["zero"], "mean-ablated at P0": v["mean"]}
+                     for name, v in tests_p0["scan"].items()}).T.rename_axis("component")
 display(scan.style.format("{:.3f}").set_caption(
     f"Attention to P0 in layers {late.start}-{n_layers - 1} after ablating one component at P0 (clean: {clean_late:.3f})"))
-responsible = scan["zero-ablated at P0"].idxmin()
-resp_layer, resp_kind = int(responsible.split()[0][1:]), responsible.split()[1]
-resp_hook = hook_of(resp_layer, resp_kind)
-
-runs = {"clean": cache}
-_, runs[f"zero {responsible} @ P0"] = circuits.ablate_at_position(model, tokens, [resp_hook], position=0, mode="zero", names_filter=pattern_only)
-_, runs[f"mean {responsible} @ P0"] = circuits.ablate_at_position(model, tokens, [resp_hook], position=0, mode="mean", names_filter=pattern_only)
-# Controls that could collapse the sink if the claim were false, each read over the layers it can reach:
+responsible, resp_layer = tests_p0["responsible"], tests_p0["responsible_layer"]
+# Controls that could collapse the sink if the claim were false (sinklens.circuits.p0_necessity_and_controls):
 # (a) the same component ablated at every position except 0 (if the sink needed query-side features,
 #     this would collapse it); (b) the next most harmful component of blocks 0-2, ablated at P0 (if any
-#     large early write at P0 mattered, this would collapse it too).
-all_but_p0 = list(range(1, tokens.shape[1]))
-_, runs[f"zero {responsible} @ all but P0 (control)"] = circuits.ablate_at_position(model, tokens, [resp_hook], position=all_but_p0, mode="zero", names_filter=pattern_only)
-runner_up = scan["zero-ablated at P0"].drop(responsible).idxmin()  # the next most harmful early component
-ru_layer, ru_kind = int(runner_up.split()[0][1:]), runner_up.split()[1]
-_, runs[f"zero {runner_up} @ P0 (control)"] = circuits.ablate_at_position(model, tokens, [hook_of(ru_layer, ru_kind)], position=0, mode="zero", names_filter=pattern_only)
-ablation = {name: circuits.attention_to_position(c, 0, n_layers=n_layers).mean(1) for name, c in runs.items()}
+#     large early write at P0 mattered, this would collapse it too). tests/test_circuits.py builds
+#     small models where each control does collapse the sink.
+ablation = tests_p0["curves"]
 fig, ax = plt.subplots(figsize=(8, 3.4))
 for name, curve in ablation.items():
     ax.plot(curve, marker=".", label=name)
@@ -273,10 +256,7 @@ ax.axhline(collapse * clean_late, color="grey", ls=":", lw=0.8, label=f"collapse
 ax.set(xlabel="layer", ylabel="mean attention to position 0", title="Ablating at one position only")
 ax.legend(fontsize=7)
 fig.tight_layout()
-summary = {name: float(curve[late].mean()) for name, curve in ablation.items()}
-zero_late = summary[f"zero {responsible} @ P0"]
-mean_late = summary[f"mean {responsible} @ P0"]
-controls = {k: v for k, v in summary.items() if "control" in k}
+zero_late, mean_late, controls = tests_p0["zero_ablated"], tests_p0["mean_ablated"], tests_p0["controls"]
 zero_curve = ablation[f"zero {responsible} @ P0"][late]
 recovery = [late.start + i for i, v in enumerate(zero_curve.tolist()) if v >= collapse * clean_late]
 
@@ -288,6 +268,9 @@ display(Markdown(
     f"The component whose removal at P0 hurts the sink most is **{responsible}**. Zeroing it at position 0 "
     f"moves attention to position 0 in layers {late.start}+ from {clean_late:.2f} to {zero_late:.2f} "
     f"(mean-ablating it: {mean_late:.2f}); the controls leave {', '.join(f'{k}: {v:.2f}' for k, v in controls.items())}. "
+    + (f"The largest writer of P0's direction, {writer} ({share:.0%} of it, Section 4), zero-ablated at P0 leaves "
+       f"{tests_p0['scan'][writer]['zero']:.2f}: " + (f"writing most of P0's direction, it is still not needed for the sink (clean: {clean_late:.2f}). " if tests_p0['scan'][writer]['zero'] >= collapse * clean_late else
+       "it is needed too. ") if writer in tests_p0["scan"] and writer != responsible else "")
     + (f"Under zero-ablation the sink comes back in layers {recovery[0]}-{recovery[-1]} ({len(recovery)} of the "
        f"{n_layers - late.start} later layers reach {collapse:g} x clean again): a second stage rebuilds it there. "
        if recovery else "")

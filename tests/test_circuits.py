@@ -98,3 +98,94 @@ def test_one_definition_of_a_massive_norm():
     stacked = torch.stack([norms, torch.ones(3, 8)])  # [layer, batch, pos]
     assert circuits.norm_ratio_to_median(stacked).tolist() == pytest.approx([12.0, 1.0])
     assert float(circuits.norm_ratio_to_median(norms, position=5)) == pytest.approx((1000 + 2) / 3)
+
+
+# --- chapter 4's controls, on hand-built models where the claim is false -------------------------
+
+
+def _e(i: int, d: int = 16) -> torch.Tensor:
+    """A zero-mean unit direction (+ at 2i, - at 2i + 1), so LayerNorm keeps it."""
+    v = torch.zeros(d)
+    v[2 * i], v[2 * i + 1] = 1.0, -1.0
+    return v / 2**0.5
+
+
+def _sink_model(*, query_from_mlp: bool, key_needs_second_mlp: bool):
+    """A model whose last layer's head attends to position 0 because of what early MLPs write there.
+
+    Every position carries a base direction e7 (position embedding); position 0 also carries e0.
+    Block 0's MLP fires only at P0 (it reads e0) and writes e1 there; its output bias writes e4 at
+    every position. With ``key_needs_second_mlp``, block 1's MLP fires only where e1 is present and
+    writes e5, and the sink head's key reads e5 (so both MLPs are needed at P0); otherwise the key
+    reads e1. The sink head's query reads e4 (``query_from_mlp``: the sink then also needs what
+    block 0's MLP writes at the queries) or the base e7 (it does not). Attention outputs are zero
+    everywhere but the sink head's pattern.
+    """
+    from sinklens.model import GPT, GPTConfig
+
+    n_layers = 3 if key_needs_second_mlp else 2
+    model = GPT(GPTConfig(n_layers=n_layers, d_model=16, n_heads=1, n_ctx=16, d_vocab=8, positional="learned", d_mlp=4))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        for ln in [model.ln_final] + [m for b in model.blocks for m in (b.ln1, b.ln2)]:
+            ln.w.fill_(1.0)
+        model.pos_embed.weight[:] = _e(7)
+        model.pos_embed.weight[0] += 2 * _e(0)
+        mlp0 = model.blocks[0].mlp
+        mlp0.fc.weight[0] = 4 * _e(0)
+        mlp0.fc.bias[0] = -4.0  # off (gelu(-4) ~ 0) where e0 is absent
+        mlp0.proj.weight[:, 0] = _e(1)
+        mlp0.proj.bias[:] = _e(4)
+        key_dir = _e(1)
+        if key_needs_second_mlp:
+            mlp1 = model.blocks[1].mlp
+            mlp1.fc.weight[0] = 4 * _e(1)
+            mlp1.fc.bias[0] = -4.0
+            mlp1.proj.weight[:, 0] = 2 * _e(5)
+            key_dir = _e(5)
+        sink = model.blocks[-1].attn
+        d = 16  # qkv rows: q = 0..15, k = 16..31 (one head of d_head 16)
+        sink.qkv.weight[0:d] = 6 * torch.outer(_e(0), _e(4) if query_from_mlp else _e(7))
+        sink.qkv.weight[d : 2 * d] = 6 * torch.outer(_e(0), key_dir)
+    return model.eval()
+
+
+def _verdict(model, tokens, n_early):
+    from sinklens import claims
+
+    late = slice(n_early, model.cfg.n_layers)
+    t = circuits.p0_necessity_and_controls(model, tokens, n_early=n_early, late=late)
+    v = claims.recognised_within_two_blocks(t["clean"], t["zero_ablated"], t["mean_ablated"], t["controls"],
+                                           sufficiency={}, responsible_layer=t["responsible_layer"])
+    return t, v
+
+
+@pytest.mark.parametrize("query_from_mlp", [False, True])
+def test_the_query_side_control_fires_when_the_sink_needs_the_component_at_the_queries(query_from_mlp):
+    tokens = torch.randint(0, 8, (2, 12), generator=torch.Generator().manual_seed(0))
+    t, v = _verdict(_sink_model(query_from_mlp=query_from_mlp, key_needs_second_mlp=False), tokens, n_early=1)
+    line = 0.5 * t["clean"]
+    assert t["clean"] > 0.8 and t["responsible"] == "L0 mlp"
+    assert t["zero_ablated"] < line and t["mean_ablated"] < line  # necessary at P0 in both models
+    control = t["controls"]["zero L0 mlp @ all but P0 (control)"]
+    if query_from_mlp:  # the claim is false: the sink needs the MLP at the queries too
+        assert control < line and v.verdict == "not reproduced"
+    else:
+        assert control >= line and v.verdict == "partly"  # necessary, controls intact, no sufficiency given
+
+
+@pytest.mark.parametrize("key_needs_second_mlp", [False, True])
+def test_the_runner_up_control_fires_when_another_early_write_is_needed_too(key_needs_second_mlp):
+    tokens = torch.randint(0, 8, (2, 12), generator=torch.Generator().manual_seed(0))
+    model = _sink_model(query_from_mlp=False, key_needs_second_mlp=key_needs_second_mlp)
+    n_early = 2 if key_needs_second_mlp else 1
+    t, v = _verdict(model, tokens, n_early)
+    line = 0.5 * t["clean"]
+    runner_up = t["controls"][f"zero {t['runner_up']} @ P0 (control)"]
+    assert t["clean"] > 0.8 and t["zero_ablated"] < line
+    if key_needs_second_mlp:  # the claim "one component makes the sink" is false: two are needed
+        assert {t["responsible"], t["runner_up"]} == {"L0 mlp", "L1 mlp"}
+        assert runner_up < line and v.verdict == "not reproduced"
+    else:
+        assert runner_up >= line and v.verdict == "partly"

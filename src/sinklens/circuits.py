@@ -219,3 +219,64 @@ def give_position_embedding_of_first(model, tokens: Tensor, target: int, names_f
 
     with model.hooks(fwd_hooks=[("hook_pos_embed", hook)]):
         return model.run_with_cache(tokens, names_filter=names_filter)
+
+
+def sublayer_hook(layer: int, kind: str) -> str:
+    """``blocks.{layer}.hook_{kind}_out`` for ``kind`` in ``("attn", "mlp")``."""
+    if kind not in ("attn", "mlp"):
+        raise ValueError(f"kind must be 'attn' or 'mlp', got {kind!r}.")
+    return f"blocks.{layer}.hook_{kind}_out"
+
+
+@torch.no_grad()
+def p0_necessity_and_controls(model, tokens: Tensor, *, n_early: int, late: slice) -> dict:
+    """Chapter 4's causal tests of "an early component makes position 0 the sink".
+
+    Every sub-layer of blocks ``0 .. n_early - 1`` is zero- and mean-ablated at position 0 alone;
+    the one whose zero-ablation lowers the attention to position 0 in the ``late`` layers most is
+    the ``responsible`` component. Two controls, which would collapse the sink too if the claim
+    were false: the responsible component ablated at **every position but 0** (if the sink needed
+    what it writes at the queries), and the **runner-up** component ablated at P0 (if any large
+    early write at P0 would do). Returns a dict: ``clean`` (mean late attention to P0), ``scan``
+    (component -> {"zero": .., "mean": ..}), ``responsible``, ``responsible_layer``, ``runner_up``,
+    ``zero_ablated``, ``mean_ablated``, ``controls`` (name -> late attention), and ``curves``
+    (run name -> per-layer attention to P0, ``[layer]``).
+    """
+    n_layers = int(model.cfg.n_layers)
+    if not 1 <= n_early <= n_layers:
+        raise ValueError(f"n_early must be in [1, {n_layers}], got {n_early}.")
+    keep = lambda n: n.endswith("hook_pattern")  # noqa: E731
+
+    def late_attention(cache) -> tuple[float, Tensor]:
+        curve = attention_to_position(cache, 0, n_layers=n_layers).mean(1)  # [layer]
+        return float(curve[late].mean()), curve
+
+    _, clean_cache = model.run_with_cache(tokens, names_filter=keep)
+    clean, clean_curve = late_attention(clean_cache)
+    components = [(l, k) for l in range(n_early) for k in ("attn", "mlp")]
+    if len(components) < 2:
+        raise ValueError("Need at least two early components (one to test, one as the runner-up control).")
+    scan, curves = {}, {"clean": clean_curve}
+    for l, k in components:
+        name = f"L{l} {k}"
+        scan[name] = {}
+        for mode in ("zero", "mean"):
+            _, c = ablate_at_position(model, tokens, [sublayer_hook(l, k)], position=0, mode=mode, names_filter=keep)
+            scan[name][mode], curve = late_attention(c)
+            if mode == "zero":
+                curves[f"zero {name} @ P0"] = curve
+            else:
+                curves[f"mean {name} @ P0"] = curve
+    responsible = min(scan, key=lambda n: scan[n]["zero"])
+    runner_up = min((n for n in scan if n != responsible), key=lambda n: scan[n]["zero"])
+    r_layer, r_kind = int(responsible.split()[0][1:]), responsible.split()[1]
+    all_but_p0 = list(range(1, tokens.shape[1]))
+    _, c = ablate_at_position(model, tokens, [sublayer_hook(r_layer, r_kind)], position=all_but_p0, mode="zero", names_filter=keep)
+    at_queries, curves[f"zero {responsible} @ all but P0 (control)"] = late_attention(c)
+    curves[f"zero {runner_up} @ P0 (control)"] = curves[f"zero {runner_up} @ P0"]
+    controls = {f"zero {responsible} @ all but P0 (control)": at_queries,
+                f"zero {runner_up} @ P0 (control)": scan[runner_up]["zero"]}
+    keep_curves = {"clean", f"zero {responsible} @ P0", f"mean {responsible} @ P0", *controls}
+    return dict(clean=clean, scan=scan, responsible=responsible, responsible_layer=r_layer, runner_up=runner_up,
+                zero_ablated=scan[responsible]["zero"], mean_ablated=scan[responsible]["mean"], controls=controls,
+                curves={k: v for k, v in curves.items() if k in keep_curves})
