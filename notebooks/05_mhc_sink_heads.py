@@ -994,7 +994,12 @@ display(Markdown(
     + f" (a perfect previous-token head scores 2, uniform attention {h_T:.2f} at T = {T_sentence}). The source "
     f"reports {ha.MHC_INTERP_VERTICALITY['load_bearing']} against about {ha.MHC_INTERP_VERTICALITY['pattern_top']:.0f} "
     f"on its models. Its '> 2' rule is passed by uniform attention ({h_T:.2f} > 2), so it cannot tell a sink from "
-    "a head that attends to nothing in particular.\n\n"
+    "a head that attends to nothing in particular; its own load-bearing value "
+    + ("does" if ha.MHC_INTERP_VERTICALITY["load_bearing"] > h_T else "does not")
+    + f" beat that uniform baseline ({ha.MHC_INTERP_VERTICALITY['load_bearing']} against {h_T:.2f}). A perfect "
+    "previous-token head sits exactly at 2, so with groups of one head the '> 2' verdict can turn on rounding: the "
+    "largest margin above 2 among mHC's load-bearing heads here is "
+    f"{max(v - protocol.SOURCE_SINK_VERTICALITY for v in mhc_v['source_load_bearing']):+.4f}.\n\n"
     + "\n".join(f"- {name.replace('prev-token-heads-are-sinks / ', '')}: **{v.verdict}**" for name, v in sink_verdicts.items())
 ))
 sink_table_verdicts = pd.DataFrame({
@@ -1099,7 +1104,7 @@ axes[0].set_ylabel("direct effect (Δ loss)")
 fig.suptitle("Every head: direct part of its ablation effect on the sentence (dotted: all direct)", y=1.02)
 fig.tight_layout()
 plt.show()
-v_split = claims.direct_split_by_construction(np.stack([m.source_direct for m in source_meas.values()]).max(0))
+v_split = claims.direct_split_by_construction(np.abs(np.stack([m.source_direct for m in source_meas.values()])).max(0))
 display(Markdown(
     f"The source's split gives a direct effect of exactly 0 for every head below the last layer, in all "
     f"{len(source_meas)} models (largest: {split.source_direct_max_below_last.max():.1g}): **{v_split.verdict}**. Its "

@@ -46,10 +46,9 @@ def test_a_head_wired_straight_to_the_logits_is_all_direct(residual):
     total = ha.head_ablation_effects(model, tokens, progress=False)
     direct = paths.head_direct_effects(model, tokens)
     assert total[0].abs().min() > 1e-3  # the heads matter
-    if residual == "residual":
-        torch.testing.assert_close(direct, total, atol=1e-5, rtol=1e-4)
-    else:  # the connections' mixing weights still react to the ablation in `total`; direct holds them
-        assert torch.allclose(direct[0], total[0], rtol=0.5)
+    # (the connections' dynamic weights start at 0 here, so their mixing does not react to the
+    # ablation either; the test below makes it react)
+    torch.testing.assert_close(direct[0], total[0], atol=1e-5, rtol=1e-4)
     # the source's split (every later block's output frozen) sees none of this known direct effect
     source = paths.head_direct_effects(model, tokens, freeze="block_outputs")
     assert torch.equal(source[:-1], torch.zeros_like(source[:-1]))
@@ -99,3 +98,38 @@ def test_frozen_names_cover_later_sublayers_and_connections():
     assert "blocks.0.hook_attn_out" not in names  # it carries the ablation
     assert "blocks.1.hc_attn.hook_h_res" in names and "blocks.0.hc_mlp.hook_h_post" in names
     assert paths.frozen_hook_names(model, 1, "block_outputs") == []
+
+
+@pytest.mark.parametrize("residual", ["hc", "mhc", "mhc-lite"])
+def test_multi_stream_direct_effect_equals_the_write_mixed_by_the_frozen_coefficients(residual, monkeypatch):
+    """With input-dependent mixing weights, the direct path is the head's write spread by its own
+    H_post and mixed by every later (clean) H_res, read out through the final layer norm."""
+    model = _model(residual, n_streams=2)
+    torch.manual_seed(1)
+    with torch.no_grad():  # make the connections' coefficients depend on the streams
+        for name, p in model.named_parameters():
+            if name.endswith(("phi", "w_pre", "w_res", "w_post")):
+                p.normal_(std=0.05)
+            elif name.endswith(("alpha_pre", "alpha_post", "alpha_res", "scale_alpha", "scale_beta")):
+                p.fill_(1.0)
+    tokens = _tokens()
+    direct = paths.head_direct_effects(model, tokens)
+    _, cache = model.run_with_cache(tokens)
+    final = cache["blocks.2.hook_streams_post"]  # [b, p, n, d]
+    readout = lambda s: ha.per_sequence_loss(model.ln_final(s.sum(-2)) @ model.embed.weight.T, tokens)  # noqa: E731
+    base = readout(final)
+    d_head, layer = model.cfg.d_head, 0
+    later = [cache[f"blocks.{j}.{part}.hook_h_res"] for j in range(3) for part in ("hc_attn", "hc_mlp")][1:]
+    h_post = cache["blocks.0.hc_attn.hook_h_post"]  # [b, p, n]
+    W_O = model.blocks[layer].attn.out.weight
+    for head in range(4):
+        write = cache[f"blocks.{layer}.attn.hook_z"][:, :, head] @ W_O[:, head * d_head : (head + 1) * d_head].T
+        delta = -h_post[..., :, None] * write[..., None, :]  # [b, p, n, d]: the write removed from each stream
+        for h_res in later:
+            delta = h_res @ delta
+        expected = float((readout(final + delta) - base).mean())
+        assert expected == pytest.approx(float(direct[layer, head]), abs=1e-5)
+    # the mixing weights matter here: without holding them, the answer changes
+    monkeypatch.setattr(paths, "_COEFFICIENTS", ())
+    loose = paths.head_direct_effects(model, tokens)
+    assert float((loose[0] - direct[0]).abs().max()) > 1e-4

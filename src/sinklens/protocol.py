@@ -130,8 +130,9 @@ def duplicate_score(patterns: Tensor, n_repeat: int) -> Tensor:
 
 
 def percentile_rank(scores) -> np.ndarray:
-    """Each entry's rank among all, as a fraction in [0, 1] (1 = highest); ties broken by position,
-    as the source's ``argsort`` does. Same shape as ``scores``."""
+    """Each entry's rank among all, as a fraction in [0, 1] (1 = highest); ties broken by position
+    (a stable sort; the source uses numpy's default, unstable ``argsort``, which matters only for
+    exact ties). Same shape as ``scores``."""
     s = np.asarray(scores, dtype=float)
     flat = s.ravel()
     ranks = np.empty(flat.size)
