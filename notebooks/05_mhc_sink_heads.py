@@ -69,7 +69,7 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from sinklens import claims, formation
+from sinklens import claims, formation, protocol
 from sinklens import head_ablation as ha
 from sinklens import zoo
 from sinklens.data import repeated_random_tokens
@@ -338,14 +338,8 @@ display(table.reindex(list(KINDS)).style.format("{:.3f}").set_caption("Median no
 
 def shift(kind: str, later: bool = False) -> dict:
     """Per seed: residual's median depth minus the mHC variant's (positive = earlier under mHC)."""
-    out = {}
-    for variant in ("mhc", "mhc-lite"):
-        d = []
-        for s in seeds:
-            m = medians[(medians.kind == kind) & (medians.seed == s)].set_index("scheme").median_depth
-            d.append(float(m[variant] - m["residual"]) if later else float(m["residual"] - m[variant]))
-        out[variant] = d
-    return out
+    depths = medians[medians.kind == kind].set_index(["scheme", "seed"]).median_depth.to_dict()
+    return protocol.depth_shifts(depths, seeds, later=later)
 
 
 def shift_verdict(kind: str, later: bool = False) -> claims.Verdict:
@@ -383,8 +377,7 @@ results.record(
            "original_normalised": {k: orig[k] for k in ("previous_token", "induction")},
            "heads_present": {k: present[k] for k in ("previous_token", "induction")}, "top_k": top_k, "n_layers": n_layers},
     verdict=combined, source="MHC Interp #1 (github.com/Realmbird/mhc-interp)", seeds=list(seeds),
-    details=f"previous-token: {v_prev.verdict}; induction: {v_ind.verdict}. Depth = (layer + 0.5) / n_layers; {n_layers}-layer models; "
-            "'not tested here' where the head type is absent from some model",
+    details=f"previous-token: {v_prev.verdict}; induction: {v_ind.verdict}. Depth = (layer + 0.5) / n_layers; {n_layers}-layer models",
 )
 results.record(
     "duplicate-heads-later",
@@ -900,8 +893,6 @@ exercises.check_bvn_mixture(bvn_mixture)
 #   left free) on the same heads.
 
 # %%
-from sinklens import paths, protocol  # noqa: E402
-
 vocab = models[SCHEMES[0], seeds[0]].vocab
 encode = lambda t: vocab.encode(t, prepend_bos=False)  # noqa: E731
 source_prompts = protocol.source_prompts(encode, mcfg.d_vocab, BOS_ID, sentence=protocol.ADAPTED_SENTENCE, seed=data_seed)

@@ -262,11 +262,7 @@ def p0_necessity_and_controls(model, tokens: Tensor, *, n_early: int, late: slic
         scan[name] = {}
         for mode in ("zero", "mean"):
             _, c = ablate_at_position(model, tokens, [sublayer_hook(l, k)], position=0, mode=mode, names_filter=keep)
-            scan[name][mode], curve = late_attention(c)
-            if mode == "zero":
-                curves[f"zero {name} @ P0"] = curve
-            else:
-                curves[f"mean {name} @ P0"] = curve
+            scan[name][mode], curves[f"{mode} {name} @ P0"] = late_attention(c)
     responsible = min(scan, key=lambda n: scan[n]["zero"])
     runner_up = min((n for n in scan if n != responsible), key=lambda n: scan[n]["zero"])
     r_layer, r_kind = int(responsible.split()[0][1:]), responsible.split()[1]
