@@ -85,6 +85,34 @@ def test_sinkhorn_custom_backward_matches_autograd_through_the_loop():
     torch.testing.assert_close(g_ours, g_ref)
 
 
+@pytest.mark.parametrize("path", ["_ExpSinkhorn", "_LogSinkhorn"])
+def test_both_sinkhorn_paths_match_autograd_through_the_loop(path):
+    import sinklens.hyperconnections as hc
+
+    function = getattr(hc, path)
+    logits = torch.randn(5, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: function.apply(x, 5, None), (logits,))
+    out_grad = torch.randn(5, 4, 4, dtype=torch.float64)
+    (g_ours,) = torch.autograd.grad(function.apply(logits, 20, None), logits, out_grad)
+    (g_ref,) = torch.autograd.grad(_reference_sinkhorn(logits, 20), logits, out_grad)
+    torch.testing.assert_close(function.apply(logits, 20, None), _reference_sinkhorn(logits, 20))
+    torch.testing.assert_close(g_ours, g_ref)
+
+
+def test_sinkhorn_takes_the_log_space_path_for_widely_spread_logits(monkeypatch):
+    import sinklens.hyperconnections as hc
+
+    used = []
+    for name in ("_ExpSinkhorn", "_LogSinkhorn"):
+        function = getattr(hc, name)
+        monkeypatch.setattr(hc, name, type(name, (function,), {"apply": staticmethod(
+            lambda *a, f=function, n=name: used.append(n) or f.apply(*a))}))
+    narrow = torch.randn(8, 4, 4)
+    sinkhorn_knopp(narrow, 20)
+    sinkhorn_knopp(narrow * 100, 20)
+    assert used == ["_ExpSinkhorn", "_LogSinkhorn"]
+
+
 def test_sinkhorn_rejects_zero_iterations():
     with pytest.raises(ValueError, match="n_iters"):
         sinkhorn_knopp(torch.zeros(2, 2), 0)

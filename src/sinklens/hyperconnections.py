@@ -76,13 +76,17 @@ def _at_least_fp32(t: Tensor) -> Tensor:
 # --- Doubly stochastic matrices ------------------------------------------------------------------
 
 
+EXP_SPACE_MAX_SPREAD = 60.0  # exp(-60) = 9e-27: exp-space Sinkhorn cannot underflow to 0 below this
+
+
 class _LogSinkhorn(torch.autograd.Function):
     """Log-space Sinkhorn-Knopp with a hand-written backward through every iteration.
 
     Works on ``[n, n, tokens]`` (tokens last, so the small row/column reductions vectorise over
     tokens). Each half-step is a ``log_softmax`` over rows or columns; its backward is
     ``g - softmax * g.sum()``, using the softmaxes kept from the forward pass. Same numbers as
-    letting autograd unroll the loop (tested), at about a third of the cost on CPU.
+    letting autograd unroll the loop (tested), at about a third of the cost on CPU. Used for
+    logits too spread out for :class:`_ExpSinkhorn`.
     """
 
     @staticmethod
@@ -96,7 +100,6 @@ class _LogSinkhorn(torch.autograd.Function):
             normalised.append(log_m.exp())
             if tol is not None and (normalised[-1].sum(1) - 1).abs().max().item() <= tol:
                 break  # rows are within tol of 1 too: converged
-        ctx.n_done = len(normalised) // 2
         ctx.save_for_backward(*normalised)
         return normalised[-1].movedim((0, 1), (-2, -1)).contiguous()  # bmm is slow on strided input
 
@@ -110,11 +113,53 @@ class _LogSinkhorn(torch.autograd.Function):
         return g.movedim((0, 1), (-2, -1)), None, None
 
 
+class _ExpSinkhorn(torch.autograd.Function):
+    """The same iterations as :class:`_LogSinkhorn`, in linear space: ``M <- M / M.sum(rows)``,
+    then columns, starting from ``exp(logits - max)``. Two cheap ops per half-step instead of a
+    ``log_softmax`` and an ``exp`` (2.6 ms against 7.2 ms per sub-layer, forward and backward,
+    at 2048 tokens on one core). Only for logits whose spread within each matrix is at most
+    :data:`EXP_SPACE_MAX_SPREAD`, so no entry underflows to 0 (:func:`sinkhorn_knopp` checks).
+
+    Backward of ``y = m / s`` with ``s = m.sum(dim)``: ``dm = (g - (g * y).sum(dim)) / s``.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, n_iters: int, tol: float | None) -> Tensor:
+        x = logits.movedim((-2, -1), (0, 1)).contiguous()  # [n(row), n(col), ...]
+        m = torch.exp(x - x.amax((0, 1), keepdim=True))
+        outputs, sums = [], []
+        for _ in range(n_iters):
+            for dim in (1, 0):  # rows sum to 1, then columns
+                s = m.sum(dim, keepdim=True)
+                m = m / s
+                outputs.append(m)
+                sums.append(s)
+            if tol is not None and (m.sum(1) - 1).abs().max().item() <= tol:
+                break
+        ctx.n_half_steps = len(outputs)
+        ctx.save_for_backward(*outputs, *sums)
+        return m.movedim((0, 1), (-2, -1)).contiguous()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        k = ctx.n_half_steps
+        outputs, sums = ctx.saved_tensors[:k], ctx.saved_tensors[k:]
+        g = grad.movedim((-2, -1), (0, 1)).contiguous()
+        for step in range(k - 1, -1, -1):
+            dim = 0 if step % 2 == 1 else 1
+            g = (g - (g * outputs[step]).sum(dim, keepdim=True)) / sums[step]
+        g = g * (outputs[0] * sums[0])  # d exp(x - max) / dx; the shift by the max cancels out
+        return g.movedim((0, 1), (-2, -1)), None, None
+
+
 def sinkhorn_knopp(logits: Tensor, n_iters: int = 20, tol: float | None = None) -> Tensor:
     """``exp(logits)`` scaled to be (nearly) doubly stochastic: ``[..., n, n] -> [..., n, n]``.
 
-    Alternates row and column normalisation ``n_iters`` times in log space (``log_softmax``),
-    which cannot overflow or divide by zero, over every matrix of the batch at once. The last step
+    Alternates row and column normalisation ``n_iters`` times over every matrix of the batch at
+    once: in linear space from ``exp(logits - max)`` when every matrix's logits span at most
+    :data:`EXP_SPACE_MAX_SPREAD` (nothing can underflow), else in log space (``log_softmax``),
+    which cannot overflow or divide by zero whatever the logits. Both give the same numbers to
+    float precision (tested). The last step
     normalises columns, so columns sum to 1 to float precision and rows approach 1 as ``n_iters``
     grows. With ``tol``, it stops as soon as every row sum is within ``tol`` of 1 (``n_iters``
     is then the cap): the result differs from the full ``n_iters`` by at most about ``tol``, and
@@ -127,7 +172,10 @@ def sinkhorn_knopp(logits: Tensor, n_iters: int = 20, tol: float | None = None) 
     if tol is not None and not tol > 0:
         raise ValueError(f"tol must be > 0 or None, got {tol}.")
     with torch.autocast(logits.device.type, enabled=False):
-        return _LogSinkhorn.apply(_at_least_fp32(logits), n_iters, tol)
+        logits = _at_least_fp32(logits)
+        spread = (logits.amax((-2, -1)) - logits.amin((-2, -1))).max() if logits.numel() else logits.new_zeros(())
+        fast = bool(torch.isfinite(spread)) and spread.item() <= EXP_SPACE_MAX_SPREAD
+        return (_ExpSinkhorn if fast else _LogSinkhorn).apply(logits, n_iters, tol)
 
 
 def permutation_matrices(n: int) -> Tensor:
