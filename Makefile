@@ -29,7 +29,7 @@ zoo-tiny: assets
 	$(PY) -m sinklens.zoo --size tiny --seeds 0 --jobs 2
 
 chapters: zoo
-	$(PY) -m sinklens.book execute --mode book
+	$(PY) -m sinklens.book execute --mode book --jobs 2
 
 html: setup
 	$(PY) -m sinklens.book build

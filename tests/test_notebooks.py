@@ -58,6 +58,21 @@ def test_a_failing_chapter_names_itself_and_the_cell(tmp_path):
         book.execute_chapter(src, tmp_path / "out" / "99_broken.ipynb", {}, results_dir=tmp_path)
 
 
+def test_chapters_execute_side_by_side_in_their_own_processes(tmp_path, monkeypatch):
+    sources = {}
+    for name in ("97_first", "98_second"):
+        sources[name] = tmp_path / f"{name}.py"
+        sources[name].write_text('# %% tags=["parameters"]\nx = 1\n\n# %%\nimport os\nprint("pid", os.getpid(), x)\n')
+    monkeypatch.setattr(book, "chapter_path", lambda name: sources[name])
+    outputs = book.execute_all("ci", ["97_first", "98_second"], out_dir=tmp_path / "out", results_dir=tmp_path, jobs=2)
+    assert [p.name for p in outputs] == ["97_first.ipynb", "98_second.ipynb"]  # in chapter order
+    printed = [json.dumps(nbformat.read(p, as_version=4).cells[-1].outputs) for p in outputs]
+    assert all("pid" in text and " 1" in text for text in printed)
+    sources["98_second"].write_text('# %% tags=["parameters"]\nx = 1\n\n# %%\nraise ValueError("boom")\n')
+    with pytest.raises(book.ChapterExecutionError, match="Chapter 98_second failed"):
+        book.execute_all("ci", ["97_first", "98_second"], out_dir=tmp_path / "out", results_dir=tmp_path, jobs=2)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("source", CHAPTERS, ids=lambda p: p.stem)
 def test_chapter_executes_with_ci_parameters(source, ci_book):

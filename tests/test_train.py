@@ -311,6 +311,16 @@ def test_cli_accepts_json_and_zoo_names(tmp_path, capsys):
 # --- zoo -------------------------------------------------------------------------------------------
 
 
+def test_zoo_trains_the_longest_runs_first():
+    cfgs = [zoo.config(scheme, size, seed) for seed in (0, 1) for size in ("tiny", "small") for scheme in zoo.SCHEMES]
+    order = zoo.longest_first(cfgs)
+    assert sorted(map(id, order)) == sorted(map(id, cfgs))
+    assert [(c.name, c.seed) for c in order[:2]] == [("small-mhc", 0), ("small-mhc", 1)]  # stable among equals
+    assert order[-1].name == "tiny-residual"
+    costs = [zoo.RELATIVE_STEP_COST[c.model.residual] * c.model.n_layers for c in order]
+    assert costs == sorted(costs, reverse=True)
+
+
 def test_zoo_configs_cover_every_scheme_and_size():
     for size in zoo.SIZES:
         for scheme in ("residual", "hc", "mhc", "mhc-lite"):

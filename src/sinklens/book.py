@@ -156,21 +156,39 @@ def execute_chapter(
     return output
 
 
+def _execute_timed(src: Path, out_dir: Path, mode: str, results_dir: Path) -> Path:
+    start = time.time()
+    print(f"[sinklens] executing {src.stem} ({mode} parameters)...", flush=True)
+    out = execute_chapter(src, Path(out_dir) / f"{src.stem}.ipynb", mode_parameters(src.stem, mode),
+                          results_dir=Path(results_dir), run_mode=mode)
+    print(f"[sinklens] {src.stem} done in {time.time() - start:.0f} s", flush=True)
+    return out
+
+
 def execute_all(
     mode: str = "book", chapters: list[str] | None = None, *, out_dir: Path = EXECUTED,
-    results_dir: Path = RESULTS,
+    results_dir: Path = RESULTS, jobs: int = 1,
 ) -> list[Path]:
-    """Execute ``chapters`` (default: all) in ``mode`` into ``out_dir`` (default ``book/chapters``)."""
+    """Execute ``chapters`` (default: all) in ``mode`` into ``out_dir`` (default ``book/chapters``).
+
+    ``jobs > 1`` executes that many chapters at once, each in its own process (and kernel, with
+    one torch thread, so the numbers are the same as one at a time). They start from the last
+    chapter: the later chapters, on the trained models, take longest.
+    """
     sources = [chapter_path(c) for c in chapters] if chapters else chapter_sources()
-    outputs = []
-    for src in sources:
-        start = time.time()
-        print(f"[sinklens] executing {src.stem} ({mode} parameters)...", flush=True)
-        out = execute_chapter(src, Path(out_dir) / f"{src.stem}.ipynb", mode_parameters(src.stem, mode),
-                              results_dir=Path(results_dir), run_mode=mode)
-        print(f"[sinklens] {src.stem} done in {time.time() - start:.0f} s", flush=True)
-        outputs.append(out)
-    return outputs
+    if jobs <= 1 or len(sources) <= 1:
+        return [_execute_timed(src, out_dir, mode, results_dir) for src in sources]
+    import concurrent.futures
+    import multiprocessing
+
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {src: pool.submit(_execute_timed, src, out_dir, mode, results_dir) for src in reversed(sources)}
+        try:
+            return [futures[src].result() for src in sources]
+        except BaseException:
+            for future in futures.values():
+                future.cancel()
+            raise
 
 
 def fetch_assets() -> None:
@@ -336,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("assets", help="fetch and build the offline model, tokenizer and corpus")
     ex = sub.add_parser("execute", help="execute chapters with papermill")
     ex.add_argument("--mode", choices=MODES, default="book")
+    ex.add_argument("--jobs", type=int, default=1, help="chapters executed at once (one process each)")
     ex.add_argument("chapters", nargs="*")
     sub.add_parser("build", help="build the HTML book from the executed chapters")
     args = parser.parse_args(argv)
@@ -343,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "assets":
             fetch_assets()
         elif args.command == "execute":
-            execute_all(args.mode, args.chapters or None)
+            execute_all(args.mode, args.chapters or None, jobs=args.jobs)
         else:
             print(build_html())
     except (ChapterExecutionError, MissingResultsError) as e:

@@ -156,17 +156,35 @@ def load_checkpoints(
     return out
 
 
+# Cost of a training step relative to the residual scheme (small size, one thread, bf16; measured
+# with benchmarks/bench_training.py on 2026-12-03): orders the zoo's trainings longest first.
+RELATIVE_STEP_COST = {"residual": 1.0, "hc": 1.75, "mhc": 2.2, "mhc-lite": 1.95}
+
+
+def longest_first(cfgs: list[TrainConfig]) -> list[TrainConfig]:
+    """``cfgs`` ordered by expected training time, longest first (stable among equals).
+
+    With ``jobs`` trainings at a time, starting the long ones first keeps one core from idling at
+    the end while the other finishes a long run (longest-processing-time-first scheduling).
+    """
+    def cost(cfg: TrainConfig) -> float:
+        return RELATIVE_STEP_COST[cfg.model.residual] * cfg.model.n_layers * cfg.n_steps * cfg.tokens_per_step
+
+    return sorted(cfgs, key=cost, reverse=True)
+
+
 def train_missing(
     size: str = "small", schemes=SCHEMES, seeds=SEEDS, jobs: int = 1, progress: bool = True
 ) -> None:
     """Train every zoo model of ``size`` not in the cache yet, ``jobs`` trainings at a time.
 
     Each training uses one thread (``TrainConfig.threads``), so ``jobs`` = the number of cores
-    uses the machine fully. With ``jobs > 1`` each training is a ``python -m sinklens.train``
-    subprocess (progress bars off).
+    uses the machine fully (two one-thread trainings beat one two-thread training by 1.3-1.4x on
+    2 cores: the README's benchmarks). Trainings start longest first (:func:`longest_first`).
+    With ``jobs > 1`` each training is a ``python -m sinklens.train`` subprocess (progress bars off).
     """
     todo = [config(scheme, size, seed) for seed in seeds for scheme in schemes]
-    todo = [cfg for cfg in todo if not (run_dir(cfg) / "final.ckpt").exists()]
+    todo = longest_first([cfg for cfg in todo if not (run_dir(cfg) / "final.ckpt").exists()])
     if jobs <= 1:
         for cfg in todo:
             train(cfg, run_dir(cfg), progress=progress)
