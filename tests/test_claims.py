@@ -279,6 +279,20 @@ def test_top_key_share_is_length_free_for_a_sink(length):
         claims.top_key_share(torch.ones(1, 1))
 
 
+def test_sensitivity_above_a_floor_varies_the_distance_to_it():
+    # verticality is >= 1 for any pattern: half of a threshold of 2 (= 1) would pass anything
+    plain = claims.with_sensitivity(claims.vertical_above, "threshold", verticality_mhc=[1.2], threshold=2.0,
+                                    heads_present=True)
+    assert plain.sensitivity["0.5x"] == "reproduced"
+    floored = claims.with_sensitivity(claims.vertical_above, "threshold", floor=1.0, verticality_mhc=[1.2],
+                                      threshold=2.0, heads_present=True)
+    assert floored.verdict == plain.verdict == "not reproduced"
+    assert floored.sensitivity == {"0.5x": "not reproduced", "2x": "not reproduced"}  # 1.5 and 3
+    assert claims.with_sensitivity(claims.vertical_above, "threshold", floor=1.0, verticality_mhc=[1.6],
+                                   threshold=2.0, heads_present=True).sensitivity["0.5x"] == "reproduced"
+    assert "above 1" in floored.rule
+
+
 def test_vertical_above_every_outcome():
     assert claims.vertical_above([4.0, 5.0], threshold=2.0, heads_present=True).verdict == "reproduced"
     assert claims.vertical_above([1.5, 5.0], threshold=2.0, heads_present=True).verdict == "partly"

@@ -56,8 +56,13 @@ def not_tested(reason: str) -> Verdict:
     return Verdict("not tested here", reason)
 
 
-def with_sensitivity(rule: Callable[..., Verdict], vary: str, /, **kwargs) -> Verdict:
+def with_sensitivity(rule: Callable[..., Verdict], vary: str, /, *, floor: float | None = None, **kwargs) -> Verdict:
     """``rule(**kwargs)``, with the verdicts at 0.5x and 2x the threshold keyword ``vary`` recorded.
+
+    ``floor``: the least value the measured quantity can take (verticality: 1). Then the threshold's
+    distance above the floor is halved and doubled instead (``floor + 0.5 (t - floor)``): half of a
+    threshold of 2 would otherwise be 1, which every verticality passes, a sensitivity that cannot
+    come out any other way.
 
     >>> with_sensitivity(second_copy_loss_lower, "max_ratio", first=[4.0], second=[1.5], max_ratio=0.5).sensitivity
     {'0.5x': 'partly', '2x': 'reproduced'}
@@ -66,7 +71,12 @@ def with_sensitivity(rule: Callable[..., Verdict], vary: str, /, **kwargs) -> Ve
         raise ValueError(f"{vary!r} must be passed by keyword to be varied.")
     base = rule(**kwargs)
     t = kwargs[vary]
-    varied = {label: rule(**{**kwargs, vary: factor * t}).verdict for label, factor in (("0.5x", 0.5), ("2x", 2.0))}
+    low = 0.0 if floor is None else floor
+    varied = {label: rule(**{**kwargs, vary: low + factor * (t - low)}).verdict
+              for label, factor in (("0.5x", 0.5), ("2x", 2.0))}
+    if floor is not None:
+        base = replace(base, rule=f"{base.rule} (0.5x / 2x: of the threshold's distance above {floor:g}, the least "
+                                  "possible value)")
     return replace(base, sensitivity=varied)
 
 

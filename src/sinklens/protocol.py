@@ -319,6 +319,6 @@ def protocol_verdicts(measurements: Mapping[tuple[str, int], SourceMeasurement],
             continue
         for name, (t, why) in thresholds.items():
             out["verdicts"][f"prev-token-heads-are-sinks / {group}, {name}"] = claims.with_sensitivity(
-                claims.vertical_above, "threshold", verticality_mhc=v, threshold=t,
+                claims.vertical_above, "threshold", floor=1.0, verticality_mhc=v, threshold=t,
                 heads_present=present["previous_token"], baseline=why)
     return out
