@@ -18,6 +18,12 @@ Contenders, all on the zoo's config of ``--size`` (default ``small``, the book's
   their compile time is printed apart).
 
     python benchmarks/bench_training.py [--size small] [--rounds 15] [--threads 1] [--compile] [--json]
+    python benchmarks/bench_training.py --jobs-vs-threads [--size small]
+
+``--jobs-vs-threads`` answers how to use two cores: it times one training process with two
+torch threads, then two processes with one thread each at once, for the residual and mHC
+models, and prints the zoo's throughput (training steps per second, all processes together)
+both ways.
 
 ``--json`` ends the output with one JSON line: ``speedup_vs_fp32_reference``, ``mhc_over_residual``,
 ``hc_over_residual``, ``mhc_lite_over_mhc``, ``ours_over_hf`` (wall-clock ratios), the CPU's
@@ -87,6 +93,53 @@ def cpu_features() -> str:
     return f"{model} ({', '.join(names) or 'no AVX-512 / AMX'})"
 
 
+def _worker(scheme: str, size: str, threads: int, steps: int) -> None:
+    """One training process for --jobs-vs-threads: prints its median seconds per step."""
+    torch.set_num_threads(threads)
+    cfg = zoo.config(scheme, size)
+    data = load_data(cfg.data, cfg.model.d_vocab)
+    torch.manual_seed(0)
+    step = make_step(GPT(cfg.model), lambda: autocast(cfg))
+    times = []
+    for s in range(steps + 3):
+        t0 = time.perf_counter()
+        step(get_batch(cfg, data.train, s))
+        if s >= 3:
+            times.append(time.perf_counter() - t0)
+    print(json.dumps({"s_per_step": statistics.median(times)}), flush=True)
+
+
+def jobs_vs_threads(size: str, steps: int = 20) -> dict:
+    """Zoo throughput on two cores: one process with two threads against two with one each."""
+    import subprocess
+    import sys
+
+    def launch(scheme: str, threads: int) -> subprocess.Popen:
+        cmd = [sys.executable, __file__, "--worker", scheme, "--size", size, "--threads", str(threads),
+               "--rounds", str(steps)]
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+
+    def seconds(proc: subprocess.Popen) -> float:
+        out, _ = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"benchmark worker failed (exit {proc.returncode})")
+        return json.loads(out.strip().splitlines()[-1])["s_per_step"]
+
+    result = {}
+    for scheme in ("residual", "mhc"):
+        one = seconds(launch(scheme, 2))
+        pair = [launch(scheme, 1) for _ in range(2)]
+        two = [seconds(p) for p in pair]
+        result[scheme] = {"one_process_2_threads_steps_per_s": 1 / one,
+                          "two_processes_1_thread_steps_per_s": sum(1 / t for t in two)}
+        r = result[scheme]
+        r["two_processes_over_one"] = r["two_processes_1_thread_steps_per_s"] / r["one_process_2_threads_steps_per_s"]
+        print(f"  {scheme:9s} one process, 2 threads: {r['one_process_2_threads_steps_per_s']:.2f} steps/s; "
+              f"two processes, 1 thread each: {r['two_processes_1_thread_steps_per_s']:.2f} steps/s together "
+              f"({r['two_processes_over_one']:.2f}x)", flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", default="small", choices=tuple(zoo.SIZES))
@@ -94,7 +147,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd residual and mHC")
     parser.add_argument("--json", action="store_true", help="end with one JSON line of the ratios")
+    parser.add_argument("--jobs-vs-threads", action="store_true",
+                        help="two cores: one training with 2 threads, or two with 1 thread each?")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        return _worker(args.worker, args.size, args.threads, args.rounds)
+    if args.jobs_vs_threads:
+        result = jobs_vs_threads(args.size)
+        if args.json:
+            print(json.dumps(result))
+        return None
     torch.set_num_threads(args.threads)
 
     base = zoo.config("residual", args.size)

@@ -106,3 +106,10 @@ def test_adapted_sentence_keeps_the_source_frame():
     assert src[1] == src[14] and src[3] == src[9] and ada[1] == ada[14] and ada[3] == ada[9]
     p = protocol.source_prompts(tok.encode, protocol.SOURCE_D_VOCAB, 50256, sentence=protocol.ADAPTED_SENTENCE)
     assert p.sentence[0].tolist() == ada
+
+
+def test_the_bos_control_puts_bos_before_the_sentence_only():
+    p = protocol.source_prompts(lambda text: list(range(2, 2 + len(text.split()))), d_vocab=4096, bos_id=0)
+    b = p.with_bos(0)
+    assert b.sentence.tolist() == [[0] + p.sentence[0].tolist()]
+    assert torch.equal(b.repeat, p.repeat) and b.n_repeat == p.n_repeat

@@ -70,6 +70,12 @@ class SourcePrompts:
     repeat: Tensor
     n_repeat: int
 
+    def with_bos(self, bos_id: int) -> "SourcePrompts":
+        """The same prompts with ``bos_id`` put before the sentence, as every training row of our
+        models starts (a control: the source's sentence has none, so its position 0 is a word)."""
+        bos = torch.full((1, 1), bos_id, dtype=self.sentence.dtype)
+        return SourcePrompts(torch.cat([bos, self.sentence], dim=1), self.repeat, self.n_repeat)
+
     def second_copy_positions(self) -> list[int]:
         """Query positions predicting the second copy's tokens 2..n (the source's ablation positions)."""
         return list(range(1 + self.n_repeat, 2 * self.n_repeat))
