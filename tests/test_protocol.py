@@ -113,3 +113,12 @@ def test_the_bos_control_puts_bos_before_the_sentence_only():
     b = p.with_bos(0)
     assert b.sentence.tolist() == [[0] + p.sentence[0].tolist()]
     assert torch.equal(b.repeat, p.repeat) and b.n_repeat == p.n_repeat
+
+
+def test_the_chapter_stars_name_the_ranking_they_come_from():
+    from sinklens import head_ablation as ha
+
+    stars, by = ha.MHC_INTERP_MEDIAN_LAYERS, protocol.SOURCE_MEDIAN_LAYERS
+    assert stars["previous_token"] == by["pattern"]["previous_token"]  # the README's table
+    assert stars["induction"] == by["pattern"]["induction"] == by["source"]["induction"]
+    assert stars["duplicate_token"] == by["source"]["duplicate_token"] != by["pattern"]["duplicate_token"]

@@ -33,10 +33,13 @@ from tqdm.auto import tqdm
 
 Z_HOOK = "blocks.{layer}.attn.hook_z"
 
-# "MHC Interp #1" (Realmbird/mhc-interp README; top-20 of 720 heads by pattern score, 36 layers).
-# Median layer of the top-20 heads per detector. The duplicate-token medians are not in the README;
-# they are the medians of the layers listed in its results/analysis/layer_distribution_top20.csv
-# (commit 2a8e755). That CSV gives mHC's previous-token median as 7, the README says 6.
+# "MHC Interp #1" (Realmbird/mhc-interp README; top-20 of 720 heads, 36 layers). Median layer of
+# the top-20 heads per detector, from two of its ranking rules (sinklens.protocol.SOURCE_MEDIAN_LAYERS
+# has both in full): previous-token and induction are the README's table, which matches its
+# pattern-only ranking; the duplicate-token medians are not in the README, they are the medians of
+# the layers in its results/analysis/layer_distribution_top20.csv (commit 2a8e755), which match its
+# mixed ranking (residual by pattern, mHC models by min percentile). That CSV gives mHC's
+# previous-token median as 7, the README says 6.
 MHC_INTERP_N_LAYERS = 36
 MHC_INTERP_TOP_K = 20
 MHC_INTERP_MEDIAN_LAYERS = {

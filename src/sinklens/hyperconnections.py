@@ -18,8 +18,9 @@ them. In the notation of the mHC paper (rows of ``X`` are streams)::
   coefficients come from the whole flattened, RMS-normalised ``n * d_model`` state:
   ``H~ = alpha * (RMSNorm(vec X) @ phi) + b``, then ``H_pre = sigmoid(H~_pre)``,
   ``H_post = 2 sigmoid(H~_post)`` and ``H_res = SinkhornKnopp(exp(H~_res))``, 20 alternating
-  row/column normalisations done in log space. ``H_res`` is then (close to) doubly stochastic,
-  a convex mixture of streams, so products across depth stay bounded.
+  row/column normalisations (in linear space, or in log space for widely spread logits).
+  ``H_res`` is then (close to) doubly stochastic, a convex mixture of streams, so products
+  across depth stay bounded.
 - ``"mhc-lite"`` (Yang & Gao 2026, arXiv 2601.05732): as mHC, but
   ``H_res = sum_k softmax(H~_res)_k P_k`` over all ``n!`` permutation matrices ``P_k``
   (Birkhoff-von Neumann): exactly doubly stochastic, no iterations.
