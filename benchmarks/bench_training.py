@@ -62,7 +62,7 @@ def hf_gpt2(cfg) -> torch.nn.Module:
 
 def make_step(model: torch.nn.Module, precision_ctx, *, is_hf: bool = False, fused: bool = True, forward=None):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, betas=(0.9, 0.95))
-    forward = forward or model
+    forward = model if forward is None else forward  # a compiled module has no truth value
 
     def step(batch: torch.Tensor) -> None:
         Attention.fused = fused

@@ -50,7 +50,9 @@ MHC_INTERP_MEDIAN_LAYERS = {
 # Verticality (max / mean of the column means of the head-averaged pattern, mhc-interp's
 # verticality_figure.py) of the top-5 previous-token heads under mHC: load-bearing ones
 # (by indirect ablation effect) vs pattern-top ones.
-MHC_INTERP_VERTICALITY = {"load_bearing": 4.19, "pattern_top": 2.0}
+MHC_INTERP_VERTICALITY = {"load_bearing": 4.19, "pattern_top": 2.07}
+# The same for mHC-lite (its README: 3.95, "one outlier: L7h14 is a textbook PT-stripe head"; 1.97).
+MHC_INTERP_VERTICALITY_LITE = {"load_bearing": 3.95, "pattern_top": 1.97}
 
 
 # --- losses and ablation -------------------------------------------------------------------------

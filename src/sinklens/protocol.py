@@ -319,12 +319,14 @@ def protocol_verdicts(measurements: Mapping[tuple[str, int], SourceMeasurement],
     out["length"] = length
     thresholds = {"source's 2": (SOURCE_SINK_VERTICALITY, "the source's '> 2 = sink-like'"),
                   f"uniform H_{length}": (claims.uniform_verticality(length), f"uniform causal attention's H_{length}")}
-    for group in ("source_load_bearing", "indirect"):
-        v = [r["verticality"] for r in rows if r["scheme"] == "mhc" and r["group"] == group]
-        if not v:
-            continue
-        for name, (t, why) in thresholds.items():
-            out["verdicts"][f"prev-token-heads-are-sinks / {group}, {name}"] = claims.with_sensitivity(
-                claims.vertical_above, "threshold", floor=1.0, verticality_mhc=v, threshold=t,
-                heads_present=present["previous_token"], baseline=why)
+    for scheme in ("mhc", "mhc-lite"):  # keys without a scheme are mHC's (the source's headline claim)
+        tag = "" if scheme == "mhc" else f" ({scheme})"
+        for group in ("source_load_bearing", "indirect"):
+            v = [r["verticality"] for r in rows if r["scheme"] == scheme and r["group"] == group]
+            if not v:
+                continue
+            for name, (t, why) in thresholds.items():
+                out["verdicts"][f"prev-token-heads-are-sinks{tag} / {group}, {name}"] = claims.with_sensitivity(
+                    claims.vertical_above, "threshold", floor=1.0, verticality_mhc=v, threshold=t,
+                    heads_present=present["previous_token"], baseline=why)
     return out
