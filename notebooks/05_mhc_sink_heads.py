@@ -1052,7 +1052,7 @@ results.record(
 lite_v = sinks[(sinks.scheme == "mhc-lite") & (sinks.group == "source_load_bearing")].verticality.tolist()
 results.record(
     "source-protocol-lite-prev-token-heads-are-sinks",
-    "Measured and decided the source's way, mHC-lite's load-bearing heads are sink-like (the source: 3.95)",
+    f"Measured and decided the source's way, mHC-lite's load-bearing heads are sink-like (the source: {ha.MHC_INTERP_VERTICALITY_LITE['load_bearing']})",
     value={"verticality_mhc_lite_per_seed": lite_v, "source": ha.MHC_INTERP_VERTICALITY_LITE, "uniform": h_T,
            "against_uniform": sink_verdicts[f"prev-token-heads-are-sinks (mhc-lite) / source_load_bearing, uniform H_{T_sentence}"].verdict},
     verdict=sink_verdicts["prev-token-heads-are-sinks (mhc-lite) / source_load_bearing, source's 2"],
