@@ -63,6 +63,7 @@ SIZES: dict[str, dict] = {
         warmup_steps=100,
         n_snapshots=24,
         resume_every=250,
+        compile=True,
         **RECIPE,
     ),
     "medium": dict(
@@ -113,7 +114,8 @@ def training_precision(size: str) -> str:
     """How the models of ``size`` train, in words: ``"bf16 autocast on the CPU"`` and the like."""
     cfg = config("residual", size)
     where = "a CUDA GPU" if cfg.device.startswith("cuda") else "the CPU"
-    return f"{'bf16 autocast (fp32 master weights)' if cfg.precision == 'bf16' else 'fp32'} on {where}"
+    how = f"{'bf16 autocast (fp32 master weights)' if cfg.precision == 'bf16' else 'fp32'} on {where}"
+    return how + (", torch.compile'd" if cfg.compile else "")
 
 
 def run_dir(cfg: TrainConfig) -> Path:
