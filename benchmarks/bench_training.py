@@ -10,14 +10,15 @@ Contenders, all on the zoo's config of ``--size`` (default ``small``, the book's
 
 - ``fp32-reference``: the residual model as the loop trained it before the fast path: fp32,
   attention computed explicitly (scores, softmax, pattern), Sinkhorn with a fixed 20 iterations.
-- ``residual``, ``hc``, ``mhc``, ``mhc-lite``: the default loop (``TrainConfig.precision`` auto:
-  bf16 autocast where the CPU has bf16 matrix instructions; fused attention; the zoo's Sinkhorn
-  tolerance).
-- ``hf-gpt2``: a Hugging Face ``GPT2LMHeadModel`` of the same shape, in the same precision.
-- with ``--compile``: ``residual-compiled`` and ``mhc-compiled`` (``torch.compile`` of the model;
-  their compile time is printed apart).
+- ``residual``, ``hc``, ``mhc``, ``mhc-lite``: the zoo's loop for that size (``TrainConfig.precision``
+  auto: bf16 autocast where the CPU has bf16 matrix instructions; fused attention; the zoo's
+  Sinkhorn settings; ``torch.compile`` and fused AdamW where the config has ``compile``, with the
+  compile time printed apart).
+- ``residual-eager``, ``mhc-eager`` (compiled sizes only): the same without ``torch.compile``.
+- ``hf-gpt2``: a Hugging Face ``GPT2LMHeadModel`` of the same shape, in the same precision, and
+  compiled when ours is.
 
-    python benchmarks/bench_training.py [--size small] [--rounds 15] [--threads 1] [--compile] [--json]
+    python benchmarks/bench_training.py [--size small] [--rounds 15] [--threads 1] [--json]
     python benchmarks/bench_training.py --jobs-vs-threads [--size small]
 
 ``--jobs-vs-threads`` answers how to use two cores: it times one training process with two
@@ -60,9 +61,12 @@ def hf_gpt2(cfg) -> torch.nn.Module:
     return GPT2LMHeadModel(hf_cfg)
 
 
-def make_step(model: torch.nn.Module, precision_ctx, *, is_hf: bool = False, fused: bool = True, forward=None):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, betas=(0.9, 0.95))
-    forward = model if forward is None else forward  # a compiled module has no truth value
+def make_step(model: torch.nn.Module, precision_ctx, *, is_hf: bool = False, fused: bool = True,
+              compiled: bool = False):
+    """One training step of ``model``; ``compiled``: as ``TrainConfig.compile`` (torch.compile, fused AdamW)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, betas=(0.9, 0.95),
+                            fused=True if compiled else None)
+    forward = torch.compile(model) if compiled else model
 
     def step(batch: torch.Tensor) -> None:
         Attention.fused = fused
@@ -145,7 +149,6 @@ def main() -> None:
     parser.add_argument("--size", default="small", choices=tuple(zoo.SIZES))
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd residual and mHC")
     parser.add_argument("--json", action="store_true", help="end with one JSON line of the ratios")
     parser.add_argument("--jobs-vs-threads", action="store_true",
                         help="two cores: one training with 2 threads, or two with 1 thread each?")
@@ -168,24 +171,26 @@ def main() -> None:
     torch.manual_seed(0)
     reference_cfg = dataclasses.replace(base.model, sinkhorn_tol=None)
     contenders["fp32-reference"] = make_step(GPT(reference_cfg), lambda: autocast(fp32), fused=False)
+    compile_s = {}  # seconds of the first (compiling) step
+
+    def add(name: str, step, compiled: bool) -> None:
+        if compiled:
+            t0 = time.perf_counter()
+            step(batches[0])
+            compile_s[name] = time.perf_counter() - t0
+        contenders[name] = step
+
+    # the zoo's loop for each scheme (compiled where its config says so), and eager beside it
     for scheme in ("residual", "hc", "mhc", "mhc-lite"):
         cfg = zoo.config(scheme, args.size)
         torch.manual_seed(0)
-        contenders[scheme] = make_step(GPT(cfg.model), lambda cfg=cfg: autocast(cfg))
-    torch.manual_seed(0)
-    hf = hf_gpt2(base.model)
-    contenders["hf-gpt2"] = make_step(hf, lambda: autocast(base), is_hf=True)
-    compile_s = {}
-    if args.compile:
-        for scheme in ("residual", "mhc"):
-            cfg = zoo.config(scheme, args.size)
+        add(scheme, make_step(GPT(cfg.model), lambda cfg=cfg: autocast(cfg), compiled=cfg.compile), cfg.compile)
+        if cfg.compile and scheme in ("residual", "mhc"):
             torch.manual_seed(0)
-            model = GPT(cfg.model)
-            step = make_step(model, lambda cfg=cfg: autocast(cfg), forward=torch.compile(model))
-            t0 = time.perf_counter()
-            step(batches[0])
-            compile_s[scheme] = time.perf_counter() - t0
-            contenders[f"{scheme}-compiled"] = step
+            add(f"{scheme}-eager", make_step(GPT(cfg.model), lambda cfg=cfg: autocast(cfg)), False)
+    torch.manual_seed(0)  # Hugging Face's GPT-2 in the same precision, and compiled if ours is
+    add("hf-gpt2", make_step(hf_gpt2(base.model), lambda: autocast(base), is_hf=True, compiled=base.compile),
+        base.compile)
 
     wall: dict[str, list[float]] = {name: [] for name in contenders}
     cpu: dict[str, list[float]] = {name: [] for name in contenders}
@@ -203,7 +208,7 @@ def main() -> None:
     m = base.model
     print(f"size {args.size}: {m.n_layers} layers, d_model {m.d_model}, {m.n_heads} heads, context {m.n_ctx}, "
           f"vocab {m.d_vocab}, {m.positional} positions, batch {base.batch_size}; n = 4 streams; "
-          f"precision {base.precision}; mHC Sinkhorn tolerance {zoo.config('mhc', args.size).model.sinkhorn_tol}; "
+          f"precision {base.precision}; torch.compile {base.compile}; mHC Sinkhorn tolerance {zoo.config('mhc', args.size).model.sinkhorn_tol}; "
           f"{args.threads} torch thread(s); "
           f"median of {args.rounds} interleaved rounds")
     print(f"CPU: {cpu_features()}; bf16 matrix instructions: {cpu_has_bf16_matmul()}")
@@ -230,14 +235,18 @@ def main() -> None:
     print("ratios: wall-clock | CPU time (target)")
     for key, value in ratios.items():
         print(f"  {key:28s} {value:5.2f} | {cpu_ratios[key]:5.2f}  {targets[key]}")
-    if compile_s:
-        for scheme, seconds in compile_s.items():
-            saved = med[scheme] - med[f"{scheme}-compiled"]
+    for scheme in ("residual", "mhc"):
+        if f"{scheme}-eager" in med:
+            seconds = compile_s[scheme]
+            saved = med[f"{scheme}-eager"] - med[scheme]
             steps = zoo.config(scheme, args.size).n_steps
             print(f"  torch.compile {scheme}: {seconds:.0f} s to compile, {1000 * saved:+.1f} ms/step saved "
                   f"-> {saved * steps - seconds:+.0f} s over one {steps}-step zoo training")
-            ratios[f"{scheme}_compiled_over_eager"] = med[f"{scheme}-compiled"] / med[scheme]
+            ratios[f"{scheme}_compiled_over_eager"] = med[scheme] / med[f"{scheme}-eager"]
             ratios[f"{scheme}_compile_s"] = seconds
+    if "mhc-eager" in med:
+        ratios["eager_mhc_over_residual"] = med["mhc-eager"] / med["residual-eager"]
+        ratios["eager_speedup_vs_fp32_reference"] = med["fp32-reference"] / med["residual-eager"]
     if args.json:
         print(json.dumps({**{k: round(v, 3) for k, v in ratios.items()}, "cpu_time_ratios": {
             k: round(v, 3) for k, v in cpu_ratios.items()}, "precision": base.precision, "cpu": cpu_features(),
