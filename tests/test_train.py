@@ -222,6 +222,14 @@ def test_compiled_training_is_the_same_maths_resumes_bitwise_and_has_its_own_run
     assert compiled_history["amax_forward"][0] == pytest.approx(eager_history["amax_forward"][0], abs=1e-6)
 
 
+def test_compiling_without_a_cpp_compiler_is_a_clear_error(tmp_path, monkeypatch):
+    from torch._inductor import config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-compiler++",))
+    with pytest.raises(RuntimeError, match="needs a C\\+\\+ compiler"):
+        T.train(micro("residual", compile=True), tmp_path, progress=False)
+
+
 def test_resume_after_sigkill_gives_bitwise_the_same_run(tmp_path):
     """Really kill a training process (SIGKILL, no cleanup) mid-run, then resume it."""
     cfg = micro("mhc", n_steps=80, resume_every=5, n_snapshots=8)

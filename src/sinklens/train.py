@@ -515,6 +515,22 @@ def evaluate(model: GPT, cfg: TrainConfig, stream: np.ndarray, n_batches: int = 
     return float(np.mean(losses))
 
 
+def _check_can_compile(device: torch.device) -> None:
+    """torch.compile on a CPU writes C++ kernels: say so clearly when no C++ compiler is found."""
+    if device.type != "cpu":
+        return
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        get_cpp_compiler()
+    except Exception as err:  # inductor raises its own error types when the search fails
+        raise RuntimeError(
+            "This run is configured with compile=True (torch.compile), which on a CPU needs a C++ "
+            f"compiler, and none was found ({type(err).__name__}: {err}). Install one (e.g. Debian's "
+            "g++) or set TrainConfig.compile=False: an eager run of the same model, with its own run id."
+        ) from err
+
+
 def train(cfg: TrainConfig, out: Path | str, progress: bool = True, stop_after: int | None = None) -> Path:
     """Train (or resume, or find finished) the run ``cfg`` in ``out``; return ``out/final.ckpt``.
 
@@ -568,6 +584,7 @@ def _train(cfg: TrainConfig, out: Path, progress: bool, stop_after: int | None) 
     # compiled: one graph for the forward pass and one for the backward, every step, no hooks in
     # either (the Amax gain is then measured by a separate eager pass, below)
     if cfg.compile:
+        _check_can_compile(device)
         # a clean compile cache, so that the n-th training in a process compiles as the first one
         # does (and never meets dynamo's recompile limit, past which it would silently run eager)
         torch._dynamo.reset()
