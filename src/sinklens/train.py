@@ -47,7 +47,7 @@ analysis run in fp32. bf16 runs are as deterministic, and resume as bitwise, as 
 ``TrainConfig.compile = True`` trains through ``torch.compile(model)`` (one forward and one
 backward graph; generated kernels fuse the elementwise work) with AdamW's fused kernel. Same
 model, same maths, other floats, so it is part of the run id; compiled runs are as deterministic,
-and resume as bitwise, as eager ones (tested). Compiling costs 15-140 s at the first step of a
+and resume as bitwise, as eager ones (tested). Compiling costs 6-140 s at the first step of a
 process (less when torch's on-disk kernel cache already holds the graphs). Every
 ``log_every`` steps the multi-stream schemes' Amax gain is then read by a separate eager,
 gradient-free forward pass on the same weights and batch, so no hook enters the compiled graph.
