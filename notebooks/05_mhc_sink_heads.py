@@ -1013,9 +1013,11 @@ display(sink_table_verdicts.style.set_caption(
     f"mHC's load-bearing heads as sinks, measured the source's way (our protocol, Section 5: {v_vert.verdict})"))
 protocol_table["prev-token-heads-are-sinks"] = [v_vert.verdict] + [
     sink_verdicts[f"prev-token-heads-are-sinks / source_load_bearing, source's 2"].verdict] * len(protocol.RANKINGS)
-all_sink_verdicts = {v_vert.verdict, *(v.verdict for k, v in sink_verdicts.items() if "(mhc-lite)" not in k)}
-depends = [c for c in ("mhc-heads-earlier", "duplicate-heads-later") if protocol_table[c].nunique() > 1]
-depends += ["prev-token-heads-are-sinks"] if len(all_sink_verdicts) > 1 else []
+depends = protocol.protocol_dependent_claims({
+    "mhc-heads-earlier": protocol_table["mhc-heads-earlier"].tolist(),
+    "duplicate-heads-later": protocol_table["duplicate-heads-later"].tolist(),
+    "prev-token-heads-are-sinks": [v_vert.verdict, *(v.verdict for k, v in sink_verdicts.items() if "(mhc-lite)" not in k)],
+})
 display(Markdown(
     "**Verdicts that depend on the protocol:** " + (", ".join(f"`{c}`" for c in depends) if depends else "none")
     + ". Where a row says 'not tested here', the head type is absent by the formation criteria under every protocol "

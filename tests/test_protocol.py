@@ -122,3 +122,8 @@ def test_the_chapter_stars_name_the_ranking_they_come_from():
     assert stars["previous_token"] == by["pattern"]["previous_token"]  # the README's table
     assert stars["induction"] == by["pattern"]["induction"] == by["source"]["induction"]
     assert stars["duplicate_token"] == by["source"]["duplicate_token"] != by["pattern"]["duplicate_token"]
+
+
+def test_a_claim_depends_on_the_protocol_only_when_its_verdicts_differ():
+    verdicts = {"a": ["partly", "partly"], "b": ["partly", "reproduced"], "c": ["not tested here"]}
+    assert protocol.protocol_dependent_claims(verdicts) == ["b"]

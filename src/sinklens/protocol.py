@@ -330,3 +330,11 @@ def protocol_verdicts(measurements: Mapping[tuple[str, int], SourceMeasurement],
                     claims.vertical_above, "threshold", floor=1.0, verticality_mhc=v, threshold=t,
                     heads_present=present["previous_token"], baseline=why)
     return out
+
+
+def protocol_dependent_claims(verdicts: Mapping[str, Sequence[str]]) -> list[str]:
+    """The claims whose verdict is not the same under every protocol and ranking rule.
+
+    ``verdicts``: claim id -> its verdicts, one per (protocol, ranking). Returns the claim ids, in order.
+    """
+    return [claim for claim, vs in verdicts.items() if len(set(vs)) > 1]
