@@ -102,6 +102,7 @@ def test_both_sinkhorn_paths_match_autograd_through_the_loop(path):
 def test_sinkhorn_takes_the_log_space_path_for_widely_spread_logits(monkeypatch):
     import sinklens.hyperconnections as hc
 
+    monkeypatch.setattr(hc.native, "available", lambda: False)  # the torch implementation
     used = []
     for name in ("_ExpSinkhorn", "_LogSinkhorn"):
         function = getattr(hc, name)
@@ -111,6 +112,74 @@ def test_sinkhorn_takes_the_log_space_path_for_widely_spread_logits(monkeypatch)
     sinkhorn_knopp(narrow, 20)
     sinkhorn_knopp(narrow * 100, 20)
     assert used == ["_ExpSinkhorn", "_LogSinkhorn"]
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+@pytest.mark.parametrize("scale", [0.5, 3.0, 100.0])  # linear-space blocks, and log-space ones
+def test_native_sinkhorn_matches_autograd_through_the_loop(n, scale):
+    from sinklens import native
+
+    assert native.available()  # CI has a C compiler; without one this would fall back silently
+    gen = torch.Generator().manual_seed(n)
+    logits = scale * torch.randn(37, n, n, generator=gen)  # 2 full blocks of 16 and a partial one
+    logits[5] *= 100  # one wide matrix sends its block to the log-space path, the others not
+    logits.requires_grad_()
+    out_grad = torch.randn(37, n, n, generator=gen)
+    ours = sinkhorn_knopp(logits, 20)
+    (g_ours,) = torch.autograd.grad(ours, logits, out_grad)
+    reference_logits = logits.detach().double().requires_grad_()
+    reference = _reference_sinkhorn(reference_logits, 20)
+    (g_ref,) = torch.autograd.grad(reference, reference_logits, out_grad.double())
+    torch.testing.assert_close(ours.double(), reference, atol=1e-5, rtol=0)
+    torch.testing.assert_close(g_ours.double(), g_ref, atol=1e-5, rtol=0)
+
+
+def test_native_sinkhorn_is_used_for_float32_and_compiles_without_a_graph_break(monkeypatch):
+    import sinklens.hyperconnections as hc
+
+    calls = []
+    kernel = hc.native.sinkhorn
+    monkeypatch.setattr(hc.native, "sinkhorn", lambda *a: calls.append(a[0].dtype) or kernel(*a))
+    logits = torch.randn(2, 8, 4, 4)
+    eager = sinkhorn_knopp(logits, 20)
+    assert calls == [torch.float32]
+    sinkhorn_knopp(logits.double(), 20)  # float64 (gradcheck) takes the torch implementation
+    assert calls == [torch.float32]
+    monkeypatch.undo()
+    compiled = torch.compile(lambda x: sinkhorn_knopp(x, 20), fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(logits), eager, atol=0, rtol=0)
+
+
+def test_native_stream_read_and_write_match_the_torch_functions():
+    import sinklens.hyperconnections as hc
+
+    assert hc.native.available()
+    gen = torch.Generator().manual_seed(7)
+    b, p, n, d = 3, 5, 4, 24
+    streams, h_res = torch.randn(b, p, n, d, generator=gen), torch.randn(b, p, n, n, generator=gen)
+    h_pre, h_post, out = torch.randn(b, p, n, generator=gen), torch.randn(b, p, n, generator=gen), torch.randn(b, p, d, generator=gen)
+    h_pre = torch.randn(b, p, 2 * n, generator=gen)[..., :n]  # a strided slice, as mHC's are
+    g_read, g_write = torch.randn(b, p, d, generator=gen), torch.randn(b, p, n, d, generator=gen)
+
+    def run(read, write):
+        inputs = [t.clone().requires_grad_() for t in (streams, h_pre, h_res, h_post, out)]
+        s, pre, res, post, o = inputs
+        y, new = read(s, pre), write(s, res, post, o)
+        grads = torch.autograd.grad((y * g_read).sum() + (new * g_write).sum(), inputs)
+        return [y, new, *grads]
+
+    ours = run(hc.read_streams, hc.write_streams)
+    torch_path = run(hc._ReadStreams.apply, hc._WriteStreams.apply)
+    for a, b_ in zip(ours, torch_path):
+        torch.testing.assert_close(a, b_, atol=1e-5, rtol=1e-5)
+
+
+def test_native_kernels_fall_back_with_a_message_without_a_compiler(monkeypatch, capsys):
+    from sinklens import native
+
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    assert native._library.__wrapped__() is None
+    assert "torch implementation" in capsys.readouterr().err
 
 
 def test_sinkhorn_rejects_zero_iterations():

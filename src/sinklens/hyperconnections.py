@@ -61,6 +61,8 @@ import torch.nn as nn
 from torch import Tensor
 from transformer_lens.hook_points import HookPoint
 
+from sinklens import native
+
 SCHEMES = ("residual", "hc", "mhc", "mhc-lite")
 
 DYNAMIC_SCALE_INIT = 0.01  # s_alpha, s_beta (HC) and alpha_pre/post/res (mHC) at initialisation
@@ -166,7 +168,12 @@ def sinkhorn_knopp(logits: Tensor, n_iters: int = 20, tol: float | None = None) 
     is then the cap): the result differs from the full ``n_iters`` by at most about ``tol``, and
     near the identity-dominant initialisation one or two iterations suffice. Always done in fp32
     (also under autocast). Differentiable: the gradient goes through every iteration that ran, as
-    in the mHC paper. Inside ``torch.compile`` it always takes the log-space path.
+    in the mHC paper.
+
+    Where it runs: float32 CPU logits without ``tol`` go to the C kernel of
+    :mod:`sinklens.native` (the same iterations and the same choice of path, made per block of 16
+    matrices; eager and compiled alike). Otherwise (float64, a tolerance, a GPU, no C compiler) the
+    torch implementation runs: eager as above, and inside ``torch.compile`` always in log space.
     """
     if n_iters < 1:
         raise ValueError(f"n_iters must be >= 1, got {n_iters}.")
@@ -174,6 +181,10 @@ def sinkhorn_knopp(logits: Tensor, n_iters: int = 20, tol: float | None = None) 
         raise ValueError(f"tol must be > 0 or None, got {tol}.")
     with torch.autocast(logits.device.type, enabled=False):
         logits = _at_least_fp32(logits)
+        if tol is None and logits.dtype == torch.float32 and logits.device.type == "cpu" and native.available():
+            # the same iterations and path choice, per block of 16 matrices, in a C kernel
+            # (sinklens.native): one opaque op for torch.compile, a backward that recomputes
+            return native.sinkhorn(logits, n_iters)
         if torch.compiler.is_compiling():
             # a compiled graph cannot branch on the logits' values without breaking in two at
             # the check's .item(); the log-space path is right for any logits, and compiled it
@@ -198,7 +209,12 @@ def birkhoff_mixture(logits: Tensor, perms: Tensor) -> Tensor:
     """``sum_k softmax(logits)_k P_k``: ``[..., n!]`` logits, ``[n!, n, n]`` perms -> ``[..., n, n]``."""
     weights = torch.softmax(logits, dim=-1)
     n = perms.shape[-1]
-    return (weights @ perms.reshape(perms.shape[0], n * n)).unflatten(-1, (n, n))
+    flat = perms.reshape(perms.shape[0], n * n)
+    if torch.compiler.is_compiling():
+        # the same sum as a broadcast product: torch.compile fuses it with the softmax into one
+        # pass, where the matrix product would be a separate [tokens, n!] x [n!, n*n] GEMM call
+        return (weights.unsqueeze(-1) * flat).sum(-2).unflatten(-1, (n, n))
+    return (weights @ flat).unflatten(-1, (n, n))
 
 
 def doubly_stochastic_error(m: Tensor) -> Tensor:
@@ -426,7 +442,10 @@ class _WriteStreams(torch.autograd.Function):
 def read_streams(streams: Tensor, h_pre: Tensor) -> Tensor:
     """The sub-layer input ``H_pre @ X``: ``[b, p, n, d]``, ``[b, p, n]`` -> ``[b, p, d]``, in fp32."""
     with torch.autocast(streams.device.type, enabled=False):
-        return _ReadStreams.apply(*map(_at_least_fp32, (streams, h_pre)))
+        args = tuple(map(_at_least_fp32, (streams, h_pre)))
+        if _native_fits(*args):
+            return native.read_streams(*args)
+        return _ReadStreams.apply(*args)
 
 
 def write_streams(streams: Tensor, h_res: Tensor, h_post: Tensor, out: Tensor) -> Tensor:
@@ -436,4 +455,12 @@ def write_streams(streams: Tensor, h_res: Tensor, h_post: Tensor, out: Tensor) -
     precision keeps in fp32 (as the plain residual stream is, ``x + bf16 sub-layer output``).
     """
     with torch.autocast(streams.device.type, enabled=False):
-        return _WriteStreams.apply(*map(_at_least_fp32, (streams, h_res, h_post, out)))
+        args = tuple(map(_at_least_fp32, (streams, h_res, h_post, out)))
+        if _native_fits(*args):
+            return native.write_streams(*args)
+        return _WriteStreams.apply(*args)
+
+
+def _native_fits(*tensors: Tensor) -> bool:
+    """Whether the C kernels of :mod:`sinklens.native` take these (float32 CPU tensors, built)."""
+    return all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors) and native.available()

@@ -1,0 +1,230 @@
+"""Hand-written CPU kernels for the multi-stream schemes, built with the system C compiler on first use.
+
+Two files of C, called through ctypes and registered as torch custom ops (so ``torch.compile``
+calls each as one opaque op, and autograd uses the hand-written backward):
+
+- ``sinkhorn.c``: Sinkhorn-Knopp over many small ``n x n`` matrices (``sinklens::sinkhorn`` and
+  its backward). The same iterations and the same choice between linear and log space as
+  :class:`sinklens.hyperconnections._ExpSinkhorn` / ``_LogSinkhorn`` (tested against autograd
+  through the loop), 16 matrices per vector; the backward recomputes the iterations instead of
+  storing 2 * n_iters intermediate matrices per token. Forward and backward at 2048 tokens, one
+  core: about 0.8 ms, against 3.6 ms for ``_ExpSinkhorn`` and 12 ms for ``_LogSinkhorn``.
+- ``streams.c``: the stream read ``sum_i h_pre_i X_i`` and write ``H_res X + h_post out``
+  (``sinklens::read_streams``, ``sinklens::write_streams`` and their backwards), one pass over the
+  streams each, instead of torch's batched 1 x n and n x n matrix products.
+
+:func:`sinklens.hyperconnections.sinkhorn_knopp`, ``read_streams`` and ``write_streams`` use them
+for float32 CPU tensors. The library is compiled once per process into a temporary folder (``cc
+-O3 -march=native -ffast-math``, under a second) and the folder removed once loaded. Without a C
+compiler, or if the build fails, :func:`available` is False, a one-line message says so, and the
+torch implementations run instead. ``SINKLENS_NO_NATIVE=1`` turns the kernels off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+SOURCES = (Path(__file__).with_name("sinkhorn.c"), Path(__file__).with_name("streams.c"))
+FLAGS = ("-O3", "-march=native", "-ffast-math", "-fPIC", "-shared")
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    if os.environ.get("SINKLENS_NO_NATIVE"):
+        return None
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        print("[sinklens] no C compiler found: Sinkhorn-Knopp and the stream read/write use their "
+              "(slower) torch implementations.", file=sys.stderr)
+        return None
+    folder = tempfile.mkdtemp(prefix="sinklens-native-")
+    try:
+        target = os.path.join(folder, "libsinklens_native.so")
+        try:
+            done = subprocess.run([compiler, *FLAGS, *map(str, SOURCES), "-o", target, "-lm", "-lmvec"],
+                                  capture_output=True, text=True)
+            error = done.stderr.strip().splitlines()[-1:] if done.returncode else None
+        except OSError as e:
+            error = str(e)
+        if error:
+            print(f"[sinklens] building the native kernels with {compiler} failed ({error}): "
+                  "Sinkhorn-Knopp and the stream read/write use their (slower) torch implementations.",
+                  file=sys.stderr)
+            return None
+        lib = ctypes.CDLL(target)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    sizes = [ctypes.c_int64, ctypes.c_int, ctypes.c_int]
+    pointers = {"sinkhorn_forward": 2, "sinkhorn_backward": 3, "read_streams_forward": 3,
+                "read_streams_backward": 5, "write_streams_forward": 5, "write_streams_backward": 9}
+    for name, count in pointers.items():
+        fn = getattr(lib, name)
+        fn.argtypes = [ctypes.c_void_p] * count + sizes
+        fn.restype = ctypes.c_int if name.startswith("sinkhorn") else None
+    return lib
+
+
+@torch.compiler.assume_constant_result
+def available() -> bool:
+    """Whether the native kernels are built and loaded (builds them on the first call)."""
+    return _library() is not None
+
+
+def _check(logits: Tensor) -> None:
+    if logits.dtype != torch.float32 or logits.device.type != "cpu":
+        raise TypeError(f"native Sinkhorn takes float32 CPU tensors, got {logits.dtype} on {logits.device}.")
+    if logits.dim() < 2 or logits.shape[-1] != logits.shape[-2]:
+        raise ValueError(f"native Sinkhorn takes [..., n, n] logits, got shape {tuple(logits.shape)}.")
+
+
+@torch.library.custom_op("sinklens::sinkhorn", mutates_args=())
+def sinkhorn(logits: Tensor, n_iters: int) -> Tensor:
+    """``n_iters`` row-then-column normalisations of ``exp(logits)``: ``[..., n, n] -> [..., n, n]``."""
+    _check(logits)
+    x = logits.contiguous()
+    out = torch.empty_like(x)
+    n = x.shape[-1]
+    if _library().sinkhorn_forward(x.data_ptr(), out.data_ptr(), x.numel() // (n * n), n, n_iters):
+        raise MemoryError("native Sinkhorn: out of memory for its scratch buffer.")
+    return out
+
+
+@sinkhorn.register_fake
+def _(logits: Tensor, n_iters: int) -> Tensor:
+    return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("sinklens::sinkhorn_backward", mutates_args=())
+def sinkhorn_backward(logits: Tensor, grad_out: Tensor, n_iters: int) -> Tensor:
+    """Gradient of :func:`sinkhorn` w.r.t. its logits, recomputing the iterations: ``[..., n, n]``."""
+    _check(logits)
+    x, g = logits.contiguous(), grad_out.to(torch.float32).contiguous()
+    grad_in = torch.empty_like(x)
+    n = x.shape[-1]
+    if _library().sinkhorn_backward(x.data_ptr(), g.data_ptr(), grad_in.data_ptr(), x.numel() // (n * n), n, n_iters):
+        raise MemoryError("native Sinkhorn: out of memory for its scratch buffer.")
+    return grad_in
+
+
+@sinkhorn_backward.register_fake
+def _(logits: Tensor, grad_out: Tensor, n_iters: int) -> Tensor:
+    return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    logits, n_iters = inputs
+    ctx.save_for_backward(logits)
+    ctx.n_iters = n_iters
+
+
+def _backward(ctx, grad: Tensor):
+    (logits,) = ctx.saved_tensors
+    return sinkhorn_backward(logits, grad, ctx.n_iters), None
+
+
+sinkhorn.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --- Multi-stream read and write (streams.c) ---------------------------------------------------
+
+
+def _streams_args(*tensors: Tensor) -> list[Tensor]:
+    for t in tensors:
+        if t.dtype != torch.float32 or t.device.type != "cpu":
+            raise TypeError(f"native stream ops take float32 CPU tensors, got {t.dtype} on {t.device}.")
+    return [t.contiguous() for t in tensors]
+
+
+def _ptrs(*tensors: Tensor) -> list[int]:
+    return [t.data_ptr() for t in tensors]
+
+
+@torch.library.custom_op("sinklens::read_streams", mutates_args=())
+def read_streams(streams: Tensor, h_pre: Tensor) -> Tensor:
+    """``sum_i h_pre_i X_i``: ``[..., n, d]``, ``[..., n]`` -> ``[..., d]``."""
+    x, pre = _streams_args(streams, h_pre)
+    *lead, n, d = x.shape
+    y = x.new_empty(*lead, d)
+    _library().read_streams_forward(*_ptrs(x, pre, y), x.numel() // (n * d), n, d)
+    return y
+
+
+@read_streams.register_fake
+def _(streams: Tensor, h_pre: Tensor) -> Tensor:
+    return streams.new_empty(streams.shape[:-2] + streams.shape[-1:])
+
+
+@torch.library.custom_op("sinklens::read_streams_backward", mutates_args=())
+def read_streams_backward(streams: Tensor, h_pre: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
+    x, pre, g = _streams_args(streams, h_pre, grad)
+    n, d = x.shape[-2:]
+    g_streams, g_pre = torch.empty_like(x), torch.empty_like(pre)
+    _library().read_streams_backward(*_ptrs(x, pre, g, g_streams, g_pre), x.numel() // (n * d), n, d)
+    return g_streams, g_pre
+
+
+@read_streams_backward.register_fake
+def _(streams: Tensor, h_pre: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
+    return streams.new_empty(streams.shape), h_pre.new_empty(h_pre.shape)
+
+
+def _read_setup(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _read_backward(ctx, grad: Tensor):
+    return read_streams_backward(*ctx.saved_tensors, grad)
+
+
+read_streams.register_autograd(_read_backward, setup_context=_read_setup)
+
+
+@torch.library.custom_op("sinklens::write_streams", mutates_args=())
+def write_streams(streams: Tensor, h_res: Tensor, h_post: Tensor, out: Tensor) -> Tensor:
+    """``H_res @ X + H_post^T out`` per token: ``[..., n, d]``, ``[..., n, n]``, ``[..., n]``, ``[..., d]``."""
+    x, h, post, o = _streams_args(streams, h_res, h_post, out)
+    n, d = x.shape[-2:]
+    y = torch.empty_like(x)
+    _library().write_streams_forward(*_ptrs(x, h, post, o, y), x.numel() // (n * d), n, d)
+    return y
+
+
+@write_streams.register_fake
+def _(streams: Tensor, h_res: Tensor, h_post: Tensor, out: Tensor) -> Tensor:
+    return streams.new_empty(streams.shape)
+
+
+@torch.library.custom_op("sinklens::write_streams_backward", mutates_args=())
+def write_streams_backward(streams: Tensor, h_res: Tensor, h_post: Tensor, out: Tensor,
+                           grad: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    x, h, post, o, g = _streams_args(streams, h_res, h_post, out, grad)
+    n, d = x.shape[-2:]
+    grads = [torch.empty_like(t) for t in (x, h, post, o)]
+    _library().write_streams_backward(*_ptrs(x, h, post, o, g, *grads), x.numel() // (n * d), n, d)
+    return tuple(grads)
+
+
+@write_streams_backward.register_fake
+def _(streams: Tensor, h_res: Tensor, h_post: Tensor, out: Tensor, grad: Tensor):
+    return tuple(t.new_empty(t.shape) for t in (streams, h_res, h_post, out))
+
+
+def _write_setup(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _write_backward(ctx, grad: Tensor):
+    return write_streams_backward(*ctx.saved_tensors, grad)
+
+
+write_streams.register_autograd(_write_backward, setup_context=_write_setup)
