@@ -399,6 +399,14 @@ def test_device_is_checked_and_part_of_the_run_id_except_for_the_cpu():
         micro(device="tpu")
 
 
+def test_a_streams_code_change_retrains_the_multi_stream_schemes_only(monkeypatch):
+    before = {scheme: zoo.config(scheme, "small", 0).run_id() for scheme in ("residual", "hc", "mhc", "mhc-lite")}
+    monkeypatch.setattr(T, "STREAMS_CODE_VERSION", T.STREAMS_CODE_VERSION + 1)
+    after = {scheme: zoo.config(scheme, "small", 0).run_id() for scheme in before}
+    assert after["residual"] == before["residual"]
+    assert all(after[s] != before[s] for s in ("hc", "mhc", "mhc-lite"))
+
+
 def test_a_gpu_run_on_a_machine_without_one_is_a_clear_error_but_a_finished_one_loads(tmp_path, monkeypatch):
     assert zoo.config("mhc", "medium").device == "cuda"
     finished = T.train(micro("residual", n_steps=3), tmp_path / "cpu", progress=False)

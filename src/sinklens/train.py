@@ -99,6 +99,11 @@ UNK_ID = 1
 GPT2_EOT_ID = 50256
 DATASET_VERSION = 1  # bump when the tokenised-corpus format or recipe changes
 CODE_VERSION = 1  # bump when a code change alters training results: it changes every run id
+# bump when a change alters only the multi-stream schemes' training (HC, mHC, mHC-lite): it changes
+# their run ids and leaves the residual runs' alone. 2: the C kernels of sinklens.native (Sinkhorn
+# and the stream read/write; same maths, different rounding, and the compiled Sinkhorn no longer
+# always in log space).
+STREAMS_CODE_VERSION = 2
 
 
 # --- Precision -----------------------------------------------------------------------------------
@@ -249,6 +254,8 @@ class TrainConfig:
         if not d["compile"]:  # likewise: eager runs keep their ids
             d.pop("compile")
         d["code_version"] = CODE_VERSION
+        if self.model.residual != "residual":  # version 1 had no such key: ids from before it changed
+            d["streams_code_version"] = STREAMS_CODE_VERSION
         d["dataset_version"] = DATASET_VERSION
         blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:10]
