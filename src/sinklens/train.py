@@ -256,6 +256,10 @@ class TrainConfig:
         d["code_version"] = CODE_VERSION
         if self.model.residual != "residual":  # version 1 had no such key: ids from before it changed
             d["streams_code_version"] = STREAMS_CODE_VERSION
+            from sinklens import native
+
+            if not native.available():  # the torch fallback rounds differently: its own runs
+                d["native_kernels"] = False
         d["dataset_version"] = DATASET_VERSION
         blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:10]

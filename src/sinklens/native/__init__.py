@@ -53,7 +53,7 @@ def _library() -> ctypes.CDLL | None:
         try:
             done = subprocess.run([compiler, *FLAGS, *map(str, SOURCES), "-o", target, "-lm", "-lmvec"],
                                   capture_output=True, text=True)
-            error = done.stderr.strip().splitlines()[-1:] if done.returncode else None
+            error = (done.stderr.strip().splitlines()[-1:] or f"exit {done.returncode}") if done.returncode else None
         except OSError as e:
             error = str(e)
         if error:
@@ -61,7 +61,12 @@ def _library() -> ctypes.CDLL | None:
                   "Sinkhorn-Knopp and the stream read/write use their (slower) torch implementations.",
                   file=sys.stderr)
             return None
-        lib = ctypes.CDLL(target)
+        try:
+            lib = ctypes.CDLL(target)
+        except OSError as e:  # e.g. a temporary folder mounted noexec
+            print(f"[sinklens] loading the native kernels failed ({e}): Sinkhorn-Knopp and the stream "
+                  "read/write use their (slower) torch implementations.", file=sys.stderr)
+            return None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     sizes = [ctypes.c_int64, ctypes.c_int, ctypes.c_int]
