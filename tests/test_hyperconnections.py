@@ -174,6 +174,44 @@ def test_native_stream_read_and_write_match_the_torch_functions():
         torch.testing.assert_close(a, b_, atol=1e-5, rtol=1e-5)
 
 
+def test_native_sinkhorn_gives_nan_where_exact_arithmetic_does():
+    # the kernel is built with -ffast-math, which assumes finite numbers: non-finite logits are
+    # handled outside it, as the log-space definition handles them
+    logits = torch.randn(20, 3, 3)
+    logits[2, 0, 0] = float("nan")
+    logits[5, 1, 1] = float("inf")
+    logits[7, 2, :] = float("-inf")  # a whole row of zeros: no doubly stochastic scaling
+    logits[9, 0, 1] = float("-inf")  # one zero entry: fine
+    logits.requires_grad_()
+    ours = sinkhorn_knopp(logits, 20)
+    reference = _reference_sinkhorn(logits.detach().double(), 20)
+    undefined = torch.isnan(reference).any(-1).any(-1)
+    assert undefined.tolist() == [i in (2, 5, 7) for i in range(20)]
+    assert torch.isnan(ours[undefined]).all() and torch.isfinite(ours[~undefined]).all()
+    torch.testing.assert_close(ours[~undefined].double(), reference[~undefined], atol=1e-5, rtol=0)
+    (grad,) = torch.autograd.grad(ours[~undefined].sum(), logits)
+    assert torch.isnan(grad[undefined]).all() and torch.isfinite(grad[~undefined]).all()
+
+
+def test_loading_the_native_kernels_leaves_denormal_floats_alone():
+    from sinklens import native
+
+    assert native.available()
+    assert torch.tensor([1e-40]).mul(1.0).item() != 0.0  # no flush-to-zero leaked into the process
+    native.sinkhorn(torch.randn(4, 4, 4), 20)
+    assert torch.tensor([1e-40]).mul(1.0).item() != 0.0
+
+
+def test_native_stream_ops_reject_coefficients_of_the_wrong_shape():
+    from sinklens import native
+
+    streams = torch.randn(64, 4, 8)
+    with pytest.raises(ValueError, match="h_pre has shape"):
+        native.read_streams(streams, torch.ones(4))
+    with pytest.raises(ValueError, match="h_res has shape"):
+        native.write_streams(streams, torch.eye(4), torch.ones(64, 4), torch.randn(64, 8))
+
+
 def test_native_kernels_fall_back_with_a_message_without_a_compiler(monkeypatch, capsys):
     from sinklens import native
 

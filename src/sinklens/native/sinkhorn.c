@@ -41,7 +41,7 @@ static inline vf vmin(vf a, vf b) { vi m = a < b; return (vf)((m & (vi)a) | (~m 
    argument is floored at EXP_FLOOR, so its result is never a denormal (whose arithmetic is many
    times slower): an entry below exp(-87) = 1.6e-38 of its line's largest counts as 1.6e-38. */
 #define EXP_FLOOR -87.0f
-static inline vf vexp(vf a) {
+__attribute__((noinline)) static vf vexp(vf a) {  /* inlined, gcc 12 unrolls it into scalar calls */
     float in[BLOCK], out[BLOCK];
     vf r;
     memcpy(in, &a, sizeof a);
