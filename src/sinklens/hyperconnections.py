@@ -181,7 +181,7 @@ def sinkhorn_knopp(logits: Tensor, n_iters: int = 20, tol: float | None = None) 
         raise ValueError(f"tol must be > 0 or None, got {tol}.")
     with torch.autocast(logits.device.type, enabled=False):
         logits = _at_least_fp32(logits)
-        if tol is None and logits.dtype == torch.float32 and logits.device.type == "cpu" and native.available():
+        if tol is None and _native_fits(logits):
             # the same iterations and path choice, per block of 16 matrices, in a C kernel
             # (sinklens.native): one opaque op for torch.compile, a backward that recomputes
             return native.sinkhorn(logits, n_iters)

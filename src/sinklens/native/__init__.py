@@ -97,11 +97,16 @@ def available() -> bool:
     return _library() is not None
 
 
-def _check(logits: Tensor) -> None:
-    if logits.dtype != torch.float32 or logits.device.type != "cpu":
-        raise TypeError(f"native Sinkhorn takes float32 CPU tensors, got {logits.dtype} on {logits.device}.")
-    if logits.dim() < 2 or logits.shape[-1] != logits.shape[-2]:
-        raise ValueError(f"native Sinkhorn takes [..., n, n] logits, got shape {tuple(logits.shape)}.")
+def _float32_cpu(op: str, *tensors: Tensor) -> list[Tensor]:
+    """The tensors, contiguous, once checked to be float32 on the CPU (all the kernels take)."""
+    for t in tensors:
+        if t.dtype != torch.float32 or t.device.type != "cpu":
+            raise TypeError(f"native {op} takes float32 CPU tensors, got {t.dtype} on {t.device}.")
+    return [t.contiguous() for t in tensors]
+
+
+def _ptrs(*tensors: Tensor) -> list[int]:
+    return [t.data_ptr() for t in tensors]
 
 
 def _undefined_matrices(x: Tensor) -> Tensor | None:
@@ -115,21 +120,28 @@ def _undefined_matrices(x: Tensor) -> Tensor | None:
             | neg.all(-1).any(-1) | neg.all(-2).any(-1))
 
 
+def _run_sinkhorn(kernel: str, logits: Tensor, *others: Tensor, n_iters: int) -> Tensor:
+    """Run ``kernel`` (``sinkhorn_forward`` / ``sinkhorn_backward``) on ``[..., n, n]`` logits and
+    the tensors beside them; returns its result, NaN for the matrices :func:`_undefined_matrices` marks."""
+    x, *others = _float32_cpu("Sinkhorn", logits, *others)
+    if x.dim() < 2 or x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"native Sinkhorn takes [..., n, n] logits, got shape {tuple(x.shape)}.")
+    result = torch.empty_like(x)
+    n = x.shape[-1]
+    if x.numel() and getattr(_library(), kernel)(*_ptrs(x, *others, result), x.numel() // (n * n), n, n_iters):
+        raise MemoryError("native Sinkhorn: out of memory for its scratch buffer.")
+    undefined = _undefined_matrices(x)
+    if undefined is not None:
+        result[undefined] = float("nan")
+    return result
+
+
 @torch.library.custom_op("sinklens::sinkhorn", mutates_args=())
 def sinkhorn(logits: Tensor, n_iters: int) -> Tensor:
     """``n_iters`` row-then-column normalisations of ``exp(logits)``: ``[..., n, n] -> [..., n, n]``.
 
     Only first derivatives (its backward is not itself differentiable)."""
-    _check(logits)
-    x = logits.contiguous()
-    out = torch.empty_like(x)
-    n = x.shape[-1]
-    if x.numel() and _library().sinkhorn_forward(x.data_ptr(), out.data_ptr(), x.numel() // (n * n), n, n_iters):
-        raise MemoryError("native Sinkhorn: out of memory for its scratch buffer.")
-    undefined = _undefined_matrices(x)
-    if undefined is not None:
-        out[undefined] = float("nan")
-    return out
+    return _run_sinkhorn("sinkhorn_forward", logits, n_iters=n_iters)
 
 
 @sinkhorn.register_fake
@@ -140,17 +152,7 @@ def _(logits: Tensor, n_iters: int) -> Tensor:
 @torch.library.custom_op("sinklens::sinkhorn_backward", mutates_args=())
 def sinkhorn_backward(logits: Tensor, grad_out: Tensor, n_iters: int) -> Tensor:
     """Gradient of :func:`sinkhorn` w.r.t. its logits, recomputing the iterations: ``[..., n, n]``."""
-    _check(logits)
-    x, g = logits.contiguous(), grad_out.to(torch.float32).contiguous()
-    grad_in = torch.empty_like(x)
-    n = x.shape[-1]
-    if x.numel() and _library().sinkhorn_backward(x.data_ptr(), g.data_ptr(), grad_in.data_ptr(),
-                                                  x.numel() // (n * n), n, n_iters):
-        raise MemoryError("native Sinkhorn: out of memory for its scratch buffer.")
-    undefined = _undefined_matrices(x)
-    if undefined is not None:
-        grad_in[undefined] = float("nan")
-    return grad_in
+    return _run_sinkhorn("sinkhorn_backward", logits, grad_out.to(torch.float32), n_iters=n_iters)
 
 
 @sinkhorn_backward.register_fake
@@ -175,13 +177,6 @@ sinkhorn.register_autograd(_backward, setup_context=_setup_context)
 # --- Multi-stream read and write (streams.c) ---------------------------------------------------
 
 
-def _streams_args(*tensors: Tensor) -> list[Tensor]:
-    for t in tensors:
-        if t.dtype != torch.float32 or t.device.type != "cpu":
-            raise TypeError(f"native stream ops take float32 CPU tensors, got {t.dtype} on {t.device}.")
-    return [t.contiguous() for t in tensors]
-
-
 def _check_stream_shapes(streams: Tensor, **coefficients: tuple[Tensor, tuple[int, ...]]) -> None:
     """Each coefficient must have exactly its full shape (the kernels do not broadcast)."""
     for name, (tensor, shape) in coefficients.items():
@@ -190,14 +185,10 @@ def _check_stream_shapes(streams: Tensor, **coefficients: tuple[Tensor, tuple[in
                              f"{tuple(streams.shape)} it must be {shape}.")
 
 
-def _ptrs(*tensors: Tensor) -> list[int]:
-    return [t.data_ptr() for t in tensors]
-
-
 @torch.library.custom_op("sinklens::read_streams", mutates_args=())
 def read_streams(streams: Tensor, h_pre: Tensor) -> Tensor:
     """``sum_i h_pre_i X_i``: ``[..., n, d]``, ``[..., n]`` -> ``[..., d]`` (first derivatives only)."""
-    x, pre = _streams_args(streams, h_pre)
+    x, pre = _float32_cpu("stream ops", streams, h_pre)
     *lead, n, d = x.shape
     _check_stream_shapes(x, h_pre=(pre, (*lead, n)))
     y = x.new_empty(*lead, d)
@@ -215,7 +206,7 @@ def _(streams: Tensor, h_pre: Tensor) -> Tensor:
 
 @torch.library.custom_op("sinklens::read_streams_backward", mutates_args=())
 def read_streams_backward(streams: Tensor, h_pre: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
-    x, pre, g = _streams_args(streams, h_pre, grad)
+    x, pre, g = _float32_cpu("stream ops", streams, h_pre, grad)
     n, d = x.shape[-2:]
     if not x.numel():  # nothing to read from: zero gradients (also for d = 0)
         return torch.zeros_like(x), torch.zeros_like(pre)
@@ -229,7 +220,7 @@ def _(streams: Tensor, h_pre: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
     return streams.new_empty(streams.shape), h_pre.new_empty(h_pre.shape)
 
 
-def _read_setup(ctx, inputs, output) -> None:
+def _save_inputs(ctx, inputs, output) -> None:
     ctx.save_for_backward(*inputs)
 
 
@@ -237,14 +228,14 @@ def _read_backward(ctx, grad: Tensor):
     return read_streams_backward(*ctx.saved_tensors, grad)
 
 
-read_streams.register_autograd(_read_backward, setup_context=_read_setup)
+read_streams.register_autograd(_read_backward, setup_context=_save_inputs)
 
 
 @torch.library.custom_op("sinklens::write_streams", mutates_args=())
 def write_streams(streams: Tensor, h_res: Tensor, h_post: Tensor, out: Tensor) -> Tensor:
     """``H_res @ X + H_post^T out`` per token: ``[..., n, d]``, ``[..., n, n]``, ``[..., n]``, ``[..., d]``
     (first derivatives only)."""
-    x, h, post, o = _streams_args(streams, h_res, h_post, out)
+    x, h, post, o = _float32_cpu("stream ops", streams, h_res, h_post, out)
     *lead, n, d = x.shape
     _check_stream_shapes(x, h_res=(h, (*lead, n, n)), h_post=(post, (*lead, n)), out=(o, (*lead, d)))
     y = torch.empty_like(x)
@@ -261,7 +252,7 @@ def _(streams: Tensor, h_res: Tensor, h_post: Tensor, out: Tensor) -> Tensor:
 @torch.library.custom_op("sinklens::write_streams_backward", mutates_args=())
 def write_streams_backward(streams: Tensor, h_res: Tensor, h_post: Tensor, out: Tensor,
                            grad: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    x, h, post, o, g = _streams_args(streams, h_res, h_post, out, grad)
+    x, h, post, o, g = _float32_cpu("stream ops", streams, h_res, h_post, out, grad)
     n, d = x.shape[-2:]
     if not x.numel():
         return tuple(torch.zeros_like(t) for t in (x, h, post, o))
@@ -275,12 +266,8 @@ def _(streams: Tensor, h_res: Tensor, h_post: Tensor, out: Tensor, grad: Tensor)
     return tuple(t.new_empty(t.shape) for t in (streams, h_res, h_post, out))
 
 
-def _write_setup(ctx, inputs, output) -> None:
-    ctx.save_for_backward(*inputs)
-
-
 def _write_backward(ctx, grad: Tensor):
     return write_streams_backward(*ctx.saved_tensors, grad)
 
 
-write_streams.register_autograd(_write_backward, setup_context=_write_setup)
+write_streams.register_autograd(_write_backward, setup_context=_save_inputs)
