@@ -26,6 +26,11 @@ torch threads, then two processes with one thread each at once, for the residual
 models, and prints the zoo's throughput (training steps per second, all processes together)
 both ways.
 
+Every contender runs with the allocator setting the zoo's trainings use
+(:func:`sinklens.train.reuse_freed_memory`: glibc keeps freed blocks instead of page-faulting them
+in again every step), so the ratios compare the code, not the allocator;
+``--default-allocator`` leaves glibc's default, to measure what the setting saves.
+
 ``--json`` ends the output with one JSON line: ``speedup_vs_fp32_reference``, ``mhc_over_residual``,
 ``hc_over_residual``, ``mhc_lite_over_mhc``, ``ours_over_hf`` (wall-clock ratios), the CPU's
 bf16 features and the precision used. Targets (issue 14): speedup >= 2.5, mHC / residual <= 1.25,
@@ -47,7 +52,7 @@ import torch
 
 from sinklens import zoo
 from sinklens.model import GPT, Attention
-from sinklens.train import autocast, cpu_has_bf16_matmul, get_batch, load_data
+from sinklens.train import autocast, cpu_has_bf16_matmul, get_batch, load_data, reuse_freed_memory
 
 
 def hf_gpt2(cfg) -> torch.nn.Module:
@@ -152,8 +157,11 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="end with one JSON line of the ratios")
     parser.add_argument("--jobs-vs-threads", action="store_true",
                         help="two cores: one training with 2 threads, or two with 1 thread each?")
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="leave glibc's malloc settings alone (the zoo's trainings keep freed blocks)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    kept = False if args.default_allocator else reuse_freed_memory()
     if args.worker:
         return _worker(args.worker, args.size, args.threads, args.rounds)
     if args.jobs_vs_threads:
@@ -211,7 +219,8 @@ def main() -> None:
           f"precision {base.precision}; torch.compile {base.compile}; mHC Sinkhorn tolerance {zoo.config('mhc', args.size).model.sinkhorn_tol}; "
           f"{args.threads} torch thread(s); "
           f"median of {args.rounds} interleaved rounds")
-    print(f"CPU: {cpu_features()}; bf16 matrix instructions: {cpu_has_bf16_matmul()}")
+    print(f"CPU: {cpu_features()}; bf16 matrix instructions: {cpu_has_bf16_matmul()}; "
+          f"freed blocks kept for reuse (reuse_freed_memory): {kept}")
     print(f"  {'':18s} {'wall ms/step':>13s} {'tokens/s':>9s} {'CPU ms/step':>12s} {'tokens/CPU s':>13s}")
     for name in contenders:
         w, c = med[name], med_cpu[name]
@@ -250,7 +259,7 @@ def main() -> None:
     if args.json:
         print(json.dumps({**{k: round(v, 3) for k, v in ratios.items()}, "cpu_time_ratios": {
             k: round(v, 3) for k, v in cpu_ratios.items()}, "precision": base.precision, "cpu": cpu_features(),
-            "size": args.size, "threads": args.threads}))
+            "size": args.size, "threads": args.threads, "reuse_freed_memory": kept}))
 
 
 if __name__ == "__main__":

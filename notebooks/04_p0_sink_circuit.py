@@ -139,14 +139,13 @@ ax.set(xlabel=f"mean attention to that position, layers {layers_after.start}-{n_
 ax.legend(fontsize=8)
 fig.tight_layout()
 v_position = claims.sink_follows_position(baseline, float(per_token.min()), to_moved)
-position_not_token = v_position.verdict == "reproduced"
 display(Markdown(
     f"With BOS at position 0 the later layers pay it {baseline:.2f} of their attention. With an "
     f"ordinary token there instead, they pay position 0 between {per_token.min():.2f} and "
     f"{per_token.max():.2f} (median {per_token.median():.2f}) across {len(ordinary)} different tokens. "
     f"A BOS written at position {later_position} receives {to_moved:.3f}, while position 0 still "
     f"receives {to_zero_moved:.2f}. **The sink follows the position, not the token: "
-    f"{'yes' if position_not_token else 'no'}.**"
+    f"{v_position.verdict}** ({v_position.rule})."
 ))
 results.record(
     "sink-independent-of-semantics",

@@ -162,7 +162,9 @@ display(Markdown(
 # residual scheme alone, by the formation criteria below, fixed before the search, and then
 # frozen; only then were HC, mHC and mHC-lite trained with it. The candidates tried, with seeds
 # and results, are in the README's zoo section (`scripts/recipe_search.py`). The recipe was never
-# changed after seeing an mHC result.
+# changed after seeing an mHC result. A cheaper candidate tried later for the book's time budget
+# (half the batch, same steps) formed no induction head on the residual scheme in either seed
+# tried, so it was rejected and the recipe stayed as it was.
 
 # %% [markdown]
 # ## 1b. Did the circuits form?

@@ -36,6 +36,11 @@ CANDIDATES: dict[str, dict] = {
     "r6-3000": {},  # the notes' recipe: 6.1M tokens
     "r6-2000": dict(n_steps=2000),  # cheaper: 4.1M tokens
     "r6-4000": dict(n_steps=4000),  # margin: 8.2M tokens
+    # added 2026-12-04 for the 60-minute make-book budget: the same 3000 steps and schedule with
+    # half the batch (3.1M tokens), compiled like the zoo (the residual checkpoints of r6-3000 form
+    # the circuit between steps 1449 and 2085, so fewer steps were ruled out before any run).
+    # Result: seeds 0 and 1 formed nothing (copy-loss ratio 0.98); rejected, seed 2 not run.
+    "r6-3000-b16": dict(batch_size=16, compile=True),
     "r6-learned-3000": dict(model={**BASE["model"], "positional": "learned"}),  # the positions control
     # CI size: the cheapest model that still forms the circuit. The 2-layer recipe of the notes
     # (zoo "tiny" at first) reached an induction score of 0.85 but only 30x on the screen.

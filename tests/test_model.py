@@ -234,3 +234,17 @@ def test_a_hook_on_the_pattern_switches_to_the_explicit_path():
         model(_tokens())
     assert seen == [(2, TINY["n_heads"], 12, 12)]
     assert not attn.pattern_is_observed()  # the hook is gone afterwards
+
+
+def test_compiled_gelu_is_gpt2s_tanh_gelu():
+    """Compiled, the GELU is written with a sigmoid (a cheaper CPU kernel); it is the same function."""
+    from sinklens.model import gelu_tanh
+
+    x = torch.cat([torch.linspace(-12, 12, 4001), torch.tensor([-1e30, -100.0, 0.0, 100.0, 1e30, float("nan")])])
+    expected = F.gelu(x, approximate="tanh")
+    torch.testing.assert_close(gelu_tanh(x), expected, rtol=0, atol=0, equal_nan=True)  # eager: the library's own
+    compiled = torch.compile(gelu_tanh)(x)
+    torch.testing.assert_close(compiled, expected, rtol=1e-6, atol=1e-6, equal_nan=True)
+    x16 = x[:-6].bfloat16()  # as under autocast: bf16 in and out, computed in fp32 in between
+    torch.testing.assert_close(torch.compile(gelu_tanh)(x16).float(), F.gelu(x16, approximate="tanh").float(),
+                               rtol=1e-2, atol=1e-2)
