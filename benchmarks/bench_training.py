@@ -118,14 +118,14 @@ def _worker(scheme: str, size: str, threads: int, steps: int) -> None:
     print(json.dumps({"s_per_step": statistics.median(times)}), flush=True)
 
 
-def jobs_vs_threads(size: str, steps: int = 20) -> dict:
+def jobs_vs_threads(size: str, steps: int = 20, default_allocator: bool = False) -> dict:
     """Zoo throughput on two cores: one process with two threads against two with one each."""
     import subprocess
     import sys
 
     def launch(scheme: str, threads: int) -> subprocess.Popen:
         cmd = [sys.executable, __file__, "--worker", scheme, "--size", size, "--threads", str(threads),
-               "--rounds", str(steps)]
+               "--rounds", str(steps)] + (["--default-allocator"] if default_allocator else [])
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
 
     def seconds(proc: subprocess.Popen) -> float:
@@ -165,7 +165,7 @@ def main() -> None:
     if args.worker:
         return _worker(args.worker, args.size, args.threads, args.rounds)
     if args.jobs_vs_threads:
-        result = jobs_vs_threads(args.size)
+        result = jobs_vs_threads(args.size, default_allocator=args.default_allocator)
         if args.json:
             print(json.dumps(result))
         return None

@@ -238,13 +238,21 @@ def test_a_hook_on_the_pattern_switches_to_the_explicit_path():
 
 def test_compiled_gelu_is_gpt2s_tanh_gelu():
     """Compiled, the GELU is written with a sigmoid (a cheaper CPU kernel); it is the same function."""
-    from sinklens.model import gelu_tanh
+    from sinklens.model import gelu_tanh, gelu_tanh_by_sigmoid
 
     x = torch.cat([torch.linspace(-12, 12, 4001), torch.tensor([-1e30, -100.0, 0.0, 100.0, 1e30, float("nan")])])
     expected = F.gelu(x, approximate="tanh")
     torch.testing.assert_close(gelu_tanh(x), expected, rtol=0, atol=0, equal_nan=True)  # eager: the library's own
-    compiled = torch.compile(gelu_tanh)(x)
-    torch.testing.assert_close(compiled, expected, rtol=1e-6, atol=1e-6, equal_nan=True)
+    torch.testing.assert_close(gelu_tanh_by_sigmoid(x), expected, rtol=1e-6, atol=1e-6, equal_nan=True)
+    traced: list[str] = []
+
+    def record(gm, example_inputs):  # a compile backend that only notes which ops the graph holds
+        traced.extend(str(node.target) for node in gm.graph.nodes)
+        return gm.forward
+
+    torch.compile(gelu_tanh, backend=record)(x)
+    assert any("sigmoid" in t for t in traced) and not any("gelu" in t for t in traced), traced
+    torch.testing.assert_close(torch.compile(gelu_tanh)(x), expected, rtol=1e-6, atol=1e-6, equal_nan=True)
     x16 = x[:-6].bfloat16()  # as under autocast: bf16 in and out, computed in fp32 in between
     torch.testing.assert_close(torch.compile(gelu_tanh)(x16).float(), F.gelu(x16, approximate="tanh").float(),
                                rtol=1e-2, atol=1e-2)

@@ -454,20 +454,27 @@ def test_a_gpu_run_starts_from_the_cpu_initial_weights_and_loads_on_the_cpu(tmp_
 
 
 def test_keeping_freed_memory_changes_no_bit_of_a_run(tmp_path):
-    """reuse_freed_memory changes where a step's memory comes from, never what it computes: a run
-    in a process that keeps glibc's defaults ends bitwise equal to one trained here with it on."""
+    """reuse_freed_memory changes where a step's memory comes from, never what it computes: the CLI
+    (which turns it on) ends bitwise equal to a process that keeps glibc's defaults. Eager; the
+    compiled zoo runs the same allocator calls on other kernels."""
     cfg = micro("mhc", model=GPTConfig(n_layers=2, d_model=128, n_heads=4, n_ctx=64, d_vocab=256, residual="mhc"),
-                batch_size=16, n_steps=8, resume_every=100)  # activations of 0.5 MiB: above glibc's 128 KiB mmap threshold
+                batch_size=16, n_steps=8, resume_every=100)  # activations of 0.5-2 MiB: above glibc's 128 KiB mmap threshold
     script = (
         "import sys, json\n"
         "from sinklens import train as T\n"
-        "T.reuse_freed_memory = lambda: False\n"
-        "T.train(T.TrainConfig.from_dict(json.loads(sys.argv[1])), sys.argv[2], progress=False)\n"
+        "if sys.argv[3] == 'cli':\n"
+        "    T.main(['--config', sys.argv[1], '--out', sys.argv[2], '--no-progress'])\n"
+        "else:\n"
+        "    T.train(T.TrainConfig.from_dict(json.loads(sys.argv[1])), sys.argv[2], progress=False)\n"
+        "print('kept:', T._reused_freed_memory)\n"
     )
-    default_dir = tmp_path / "glibc-default"
-    subprocess.run([sys.executable, "-c", script, json.dumps(cfg.to_dict()), str(default_dir)], check=True,
-                   env=os.environ.copy(), timeout=300)
-    kept = T.train(cfg, tmp_path / "kept", progress=False)
-    assert T.reuse_freed_memory() is (platform.libc_ver()[0] == "glibc")
-    _assert_bitwise_equal(_weights(default_dir / "final.ckpt"), _weights(kept))
-    assert T.load_checkpoint(default_dir / "final.ckpt")["history"] == T.load_checkpoint(kept)["history"]
+    runs = {}
+    for how in ("cli", "library"):
+        out = subprocess.run([sys.executable, "-c", script, json.dumps(cfg.to_dict()), str(tmp_path / how), how],
+                             check=True, env=os.environ.copy(), timeout=300, capture_output=True, text=True).stdout
+        runs[how] = out.strip().splitlines()[-1]
+    glibc = platform.libc_ver()[0] == "glibc"
+    assert runs == {"cli": f"kept: {glibc}", "library": "kept: None"}  # a library call leaves the process alone
+    cli, library = tmp_path / "cli" / "final.ckpt", tmp_path / "library" / "final.ckpt"
+    _assert_bitwise_equal(_weights(cli), _weights(library))
+    assert T.load_checkpoint(cli)["history"] == T.load_checkpoint(library)["history"]

@@ -191,8 +191,13 @@ def gelu_tanh(x: Tensor) -> Tensor:
     compiled runs carry it in their run id (``sinklens.train.COMPILED_CODE_VERSION``).
     """
     if torch.compiler.is_compiling():
-        return x * torch.sigmoid(_SQRT_8_OVER_PI * (x + 0.044715 * x * x * x))
+        return gelu_tanh_by_sigmoid(x)
     return F.gelu(x, approximate="tanh")
+
+
+def gelu_tanh_by_sigmoid(x: Tensor) -> Tensor:
+    """:func:`gelu_tanh` written as ``x * sigmoid(sqrt(8/pi) (x + 0.044715 x^3))`` (what compiled code runs)."""
+    return x * torch.sigmoid(_SQRT_8_OVER_PI * (x + 0.044715 * x * x * x))
 
 
 class MLP(nn.Module):

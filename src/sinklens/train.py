@@ -162,28 +162,36 @@ _reused_freed_memory: bool | None = None
 def reuse_freed_memory() -> bool:
     """Make glibc's malloc keep freed blocks up to 32 MiB for reuse, for the rest of the process.
 
-    By default glibc gives large blocks (a training step's activations: 0.1-16 MiB each) back to
-    the kernel when they are freed, and the next step's allocation of the same size page-faults
-    every 4 KiB page in again: about 2,100 page faults per step of the residual ``small`` model,
-    12,800 of mHC, and 8-10% of the step time on a CPU (README, "Training speed"). With blocks
-    up to 32 MiB taken from the heap and the heap never trimmed, a step makes none. Only where
-    memory comes from changes, not what is computed: results are bitwise the same (tested). The
-    price: the process keeps its peak heap until it exits. Returns whether the setting is in
-    effect (False where the C library has no ``mallopt``, e.g. macOS or musl: nothing changes).
+    With glibc's defaults a training step's activations (0.1-16 MiB blocks) keep going back to the
+    kernel (blocks above the mmap threshold are unmapped when freed, and the top of the heap is
+    trimmed), and the next step page-faults them in again, 4 KiB at a time: about 2,100 page
+    faults per step of the residual ``small`` model, 12,800 of mHC, and 8-10% of the step time
+    on a CPU (README, "Benchmarks"). With every block up to 32 MiB taken from the heap and the
+    heap trimmed only past 2 GiB free, a step makes almost none. Only where memory comes from
+    changes, not what is computed: results are bitwise the same (tested).
+
+    Process-wide and for good (the process keeps its peak heap until it exits; glibc's automatic
+    threshold adjustment is off), so only dedicated training processes call it: the
+    ``python -m sinklens.train`` CLI, which the zoo runs for every training, and the training
+    benchmark. A notebook or test process that calls :func:`train` itself keeps glibc's defaults.
+    Returns whether the setting is in effect (False off Linux, or where the C library has no
+    ``mallopt``, e.g. musl: nothing changes).
     """
     global _reused_freed_memory
     if _reused_freed_memory is None:
-        import ctypes
-        import ctypes.util
+        _reused_freed_memory = False
+        if sys.platform.startswith("linux"):
+            import ctypes
+            import ctypes.util
 
-        try:
-            mallopt = ctypes.CDLL(ctypes.util.find_library("c") or None).mallopt
-        except (OSError, AttributeError):
-            _reused_freed_memory = False
-        else:
-            mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-            _reused_freed_memory = bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(
-                mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+            try:
+                mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
+            except (OSError, AttributeError, TypeError):
+                pass
+            else:
+                mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+                _reused_freed_memory = bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(
+                    mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
     return _reused_freed_memory
 
 
@@ -616,8 +624,6 @@ def _train(cfg: TrainConfig, out: Path, progress: bool, stop_after: int | None) 
         )
 
     device = torch.device(cfg.device)
-    if device.type == "cpu":
-        reuse_freed_memory()
     data = load_data(cfg.data, cfg.model.d_vocab)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -745,6 +751,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     cfg = train_config_from_arg(args.config)
+    if cfg.device == "cpu":
+        reuse_freed_memory()  # a process that only trains: keep freed blocks (see there)
     if args.seed is not None:
         cfg = dataclasses.replace(cfg, seed=args.seed)
     out = Path(args.out) if args.out else cache_dir() / "runs" / f"{cfg.name}-seed{cfg.seed}-{cfg.run_id()}"

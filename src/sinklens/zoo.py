@@ -35,7 +35,7 @@ from sinklens.cache import cache_dir
 from sinklens.hyperconnections import SCHEMES
 from sinklens.model import GPT, GPTConfig
 from sinklens.models import ModelInfo
-from sinklens.train import TrainConfig, load_checkpoint, model_from_checkpoint, train
+from sinklens.train import TrainConfig, load_checkpoint, model_from_checkpoint, reuse_freed_memory, train
 
 SEEDS = (0, 1, 2)
 
@@ -219,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
     parser.add_argument("--jobs", type=int, default=1, help="trainings at once (one thread each)")
     args = parser.parse_args(argv)
+    reuse_freed_memory()  # a process that only trains (with --jobs 1 it trains in-process)
     train_missing(args.size, args.schemes, args.seeds, jobs=args.jobs)
     return 0
 
