@@ -187,7 +187,7 @@ def gelu_tanh(x: Tensor) -> Tensor:
 
     Under ``torch.compile`` it is written as ``x * sigmoid(2u)``, the same function
     (``0.5 (1 + tanh(u)) = sigmoid(2u)``): the generated CPU kernel then needs an exp instead of
-    a tanh, which costs about half as much (README, "Training speed"). Other floats, same maths:
+    a tanh, which costs about half as much (README, "Benchmarks"). Other floats, same maths:
     compiled runs carry it in their run id (``sinklens.train.COMPILED_CODE_VERSION``).
     """
     if torch.compiler.is_compiling():

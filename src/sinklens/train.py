@@ -172,8 +172,8 @@ def reuse_freed_memory() -> bool:
 
     Process-wide and for good (the process keeps its peak heap until it exits; glibc's automatic
     threshold adjustment is off), so only dedicated training processes call it: the
-    ``python -m sinklens.train`` CLI, which the zoo runs for every training, and the training
-    benchmark. A notebook or test process that calls :func:`train` itself keeps glibc's defaults.
+    ``python -m sinklens.train`` and ``python -m sinklens.zoo`` CLIs on CPU runs (the zoo runs
+    every training as the former), and the training benchmark. A notebook or test process that calls :func:`train` itself keeps glibc's defaults.
     Returns whether the setting is in effect (False off Linux, or where the C library has no
     ``mallopt``, e.g. musl: nothing changes).
     """

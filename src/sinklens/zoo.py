@@ -219,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
     parser.add_argument("--jobs", type=int, default=1, help="trainings at once (one thread each)")
     args = parser.parse_args(argv)
-    reuse_freed_memory()  # a process that only trains (with --jobs 1 it trains in-process)
+    if config("residual", args.size).device == "cpu":  # as python -m sinklens.train does
+        reuse_freed_memory()  # a process that only trains (with --jobs 1 it trains in-process)
     train_missing(args.size, args.schemes, args.seeds, jobs=args.jobs)
     return 0
 
