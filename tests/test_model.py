@@ -200,14 +200,15 @@ def test_rotary_scores_depend_on_relative_position_only():
                                atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("n_heads", [4, 1])  # d_head 8: torch's SDPA; d_head 32: sinklens.native's kernel
 @pytest.mark.parametrize("positional", ["learned", "rotary"])
 @pytest.mark.parametrize("scheme", ["residual", "mhc"])
-def test_fused_and_explicit_attention_give_the_same_logits_and_gradients(scheme, positional):
+def test_fused_and_explicit_attention_give_the_same_logits_and_gradients(scheme, positional, n_heads):
     """The fused path (no hook on the pattern) and the explicit one agree to 1e-5 (fp32)."""
     from sinklens.model import Attention
 
     torch.manual_seed(0)
-    model = GPT(GPTConfig(**TINY, residual=scheme, positional=positional))
+    model = GPT(GPTConfig(**{**TINY, "n_heads": n_heads}, residual=scheme, positional=positional))
     tokens = _tokens()
     outs = {}
     for fused in (True, False):
@@ -256,3 +257,33 @@ def test_compiled_gelu_is_gpt2s_tanh_gelu():
     x16 = x[:-6].bfloat16()  # as under autocast: bf16 in and out, computed in fp32 in between
     torch.testing.assert_close(torch.compile(gelu_tanh)(x16).float(), F.gelu(x16, approximate="tanh").float(),
                                rtol=1e-2, atol=1e-2)
+
+
+def test_compiled_loss_is_the_cross_entropy_and_has_its_gradient():
+    """Compiled, the loss is written as logsumexp minus the target's logit (a cheaper backward);
+    it is the same function, with the same gradient, in fp32 and from bf16 logits."""
+    from sinklens.model import next_token_loss, next_token_loss_by_logsumexp
+
+    torch.manual_seed(0)
+    tokens = torch.randint(0, 50, (3, 9))
+    for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 1e-5)):
+        logits = (4 * torch.randn(3, 9, 50)).to(dtype)
+        grads = []
+        for loss_fn in (next_token_loss, next_token_loss_by_logsumexp, torch.compile(next_token_loss)):
+            # bf16 logits come from the unembedding under autocast, which runs the loss in fp32
+            with torch.enable_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                x = logits.clone().requires_grad_()
+                loss = loss_fn(x, tokens)
+                grads.append((loss.detach().float(), torch.autograd.grad(loss, x)[0].float()))
+        expected = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), tokens[:, 1:].flatten())
+        for loss, grad in grads:
+            torch.testing.assert_close(loss, expected, rtol=tol, atol=tol)
+            torch.testing.assert_close(grad, grads[0][1], rtol=1e-2 if dtype == torch.bfloat16 else 1e-5, atol=1e-5)
+    traced: list[str] = []
+
+    def record(gm, example_inputs):
+        traced.extend(str(node.target) for node in gm.graph.nodes)
+        return gm.forward
+
+    torch.compile(next_token_loss, backend=record)(logits.float(), tokens)
+    assert any("logsumexp" in t for t in traced) and not any("cross_entropy" in t for t in traced), traced

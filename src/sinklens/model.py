@@ -26,10 +26,12 @@ Hook points (``l`` = layer):
   (causally masked with -inf) and ``hook_pattern``: ``[batch, head, query, key]``.
 
 Attention has two paths that compute the same function. When no hook listens to
-``hook_attn_scores`` or ``hook_pattern`` (training), it calls torch's fused
-``scaled_dot_product_attention``, which never materialises the pattern; otherwise (any cache or
-intervention on the pattern) it computes scores and softmax explicitly, so the hooks see them.
-``tests/test_model.py`` checks that both give the same logits and gradients.
+``hook_attn_scores`` or ``hook_pattern`` (training), it runs a fused kernel that never
+materialises the pattern: on the CPU the C kernel of :mod:`sinklens.native` (heads of 16, 32, 64
+or 128 dimensions, the kernels built), elsewhere torch's ``scaled_dot_product_attention``;
+otherwise (any cache or intervention on the pattern) it computes scores and softmax explicitly,
+so the hooks see them. ``tests/test_model.py`` checks that the paths give the same logits and
+gradients.
 - ``blocks.l.hook_attn_out``, ``blocks.l.hook_mlp_out``: ``[batch, pos, d_model]``;
   ``blocks.l.mlp.hook_pre / hook_post``: ``[batch, pos, d_mlp]``.
 - Multi-stream only: ``blocks.l.hc_attn.hook_h_pre / hook_h_res / hook_h_post`` and the same
@@ -48,6 +50,7 @@ from torch import Tensor
 from transformer_lens import ActivationCache, HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
+from sinklens import native
 from sinklens.attention import apply_rotary, rotary_cos_sin
 from sinklens.hyperconnections import SCHEMES, make_connection, read_streams, write_streams
 
@@ -168,8 +171,11 @@ class Attention(nn.Module):
             # in fp32 even under a bf16 autocast: torch's CPU flash kernel is several times
             # slower in bf16 than in fp32 at these head sizes (benchmarks/bench_training.py)
             with torch.autocast(x.device.type, enabled=False):
-                qf, kf, vf = (t.float().transpose(1, 2) for t in (q, k, v))  # [b, h, p, dh]
-                z = F.scaled_dot_product_attention(qf, kf, vf, is_causal=True).transpose(1, 2)
+                if native.attention_fits(q.device, self.d_head):  # sinklens.native's C kernel
+                    z, _ = native.causal_attention(*(t.float().contiguous() for t in (q, k, v)))
+                else:
+                    qf, kf, vf = (t.float().transpose(1, 2) for t in (q, k, v))  # [b, h, p, dh]
+                    z = F.scaled_dot_product_attention(qf, kf, vf, is_causal=True).transpose(1, 2)
         else:
             scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(self.d_head)
             scores = scores.masked_fill(~self.causal[:p, :p], float("-inf"))
@@ -339,5 +345,19 @@ class GPT(HookedRootModule):
 
 
 def next_token_loss(logits: Tensor, tokens: Tensor) -> Tensor:
-    """Mean cross-entropy of predicting ``tokens[:, 1:]`` from ``logits[:, :-1]``."""
+    """Mean cross-entropy of predicting ``tokens[:, 1:]`` from ``logits[:, :-1]``.
+
+    Under ``torch.compile`` it is written as ``mean(logsumexp(x) - x[target])`` in float32, the same
+    function: its backward then needs no sum over the vocabulary of the one-hot gradient, which the
+    generated CPU kernel computes element by element for ``F.cross_entropy`` (README, "Benchmarks").
+    """
+    if torch.compiler.is_compiling():
+        return next_token_loss_by_logsumexp(logits, tokens)
     return F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
+
+
+def next_token_loss_by_logsumexp(logits: Tensor, tokens: Tensor) -> Tensor:
+    """:func:`next_token_loss` as ``mean(logsumexp(x) - x[target])`` (what compiled code runs)."""
+    x = logits[:, :-1].float()  # [b, p - 1, d_vocab]
+    picked = x.gather(-1, tokens[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return (torch.logsumexp(x, -1) - picked).mean()

@@ -98,7 +98,9 @@ BOS_ID = 0
 UNK_ID = 1
 GPT2_EOT_ID = 50256
 DATASET_VERSION = 1  # bump when the tokenised-corpus format or recipe changes
-CODE_VERSION = 1  # bump when a code change alters training results: it changes every run id
+# bump when a code change alters training results: it changes every run id. 2: on the CPU, attention
+# in training runs sinklens.native's C kernel instead of torch's SDPA (same maths, other rounding).
+CODE_VERSION = 2
 # bump when a change alters only the multi-stream schemes' training (HC, mHC, mHC-lite): it changes
 # their run ids and leaves the residual runs' alone. 2: the C kernels of sinklens.native (Sinkhorn
 # and the stream read/write; same maths, different rounding, and the compiled Sinkhorn no longer
@@ -106,7 +108,8 @@ CODE_VERSION = 1  # bump when a code change alters training results: it changes 
 STREAMS_CODE_VERSION = 2
 # bump when a change alters only compiled runs (TrainConfig.compile): it changes their run ids and
 # leaves eager runs' alone. 2: the GELU written with a sigmoid when compiled (sinklens.model.gelu_tanh).
-COMPILED_CODE_VERSION = 2
+# 3: the loss written with logsumexp when compiled (sinklens.model.next_token_loss).
+COMPILED_CODE_VERSION = 3
 
 
 # --- Precision -----------------------------------------------------------------------------------
@@ -305,6 +308,7 @@ class TrainConfig:
         d["code_version"] = CODE_VERSION
         if self.model.residual != "residual":  # version 1 had no such key: ids from before it changed
             d["streams_code_version"] = STREAMS_CODE_VERSION
+        if self.model.residual != "residual" or self.device == "cpu":  # where sinklens.native runs
             from sinklens import native
 
             if not native.available():  # the torch fallback rounds differently: its own runs
