@@ -41,6 +41,14 @@ CANDIDATES: dict[str, dict] = {
     # the circuit between steps 1449 and 2085, so fewer steps were ruled out before any run).
     # Result: seeds 0 and 1 formed nothing (copy-loss ratio 0.98); rejected, seed 2 not run.
     "r6-3000-b16": dict(batch_size=16, compile=True),
+    # added 2026-12-04 (recipe v3, same budget, same criteria and rule, written before any run):
+    # 2000 steps with a faster route to the circuit, seed 0 of both first, then seeds 1-2 of any
+    # that passed (the lr change first: it keeps the data mixture). Results: lr 6e-3 formed nothing
+    # on seed 0 (copy-loss ratio 0.96); seg75 formed on seeds 0 and 2 but not 1 (R+R 0.99, screen
+    # 33x < 50x). Both rejected; the recipe stays r6-3000. (Trained by a scratch script as the zoo's
+    # config with these fields replaced, which equals these configs but for the name.)
+    "r6-2000-lr6e-3": dict(n_steps=2000, lr=6e-3, compile=True),
+    "r6-2000-seg75": dict(n_steps=2000, random_segment_fraction=0.75, compile=True),
     "r6-learned-3000": dict(model={**BASE["model"], "positional": "learned"}),  # the positions control
     # CI size: the cheapest model that still forms the circuit. The 2-layer recipe of the notes
     # (zoo "tiny" at first) reached an induction score of 0.85 but only 30x on the screen.
