@@ -211,15 +211,18 @@ def test_fused_and_explicit_attention_give_the_same_logits_and_gradients(scheme,
     model = GPT(GPTConfig(**{**TINY, "n_heads": n_heads}, residual=scheme, positional=positional))
     tokens = _tokens()
     outs = {}
-    for fused in (True, False):
-        Attention.fused = fused
-        try:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in training: the model takes the C kernel with one thread
+    try:
+        for fused in (True, False):
+            Attention.fused = fused
             model.zero_grad()
             loss = model(tokens, return_type="loss")
             loss.backward()
             outs[fused] = (model(tokens).detach(), [p.grad.clone() for p in model.parameters()])
-        finally:
-            Attention.fused = True
+    finally:
+        Attention.fused = True
+        torch.set_num_threads(threads)
     torch.testing.assert_close(outs[True][0], outs[False][0], atol=1e-5, rtol=1e-5)
     for g_fused, g_explicit in zip(outs[True][1], outs[False][1]):
         torch.testing.assert_close(g_fused, g_explicit, atol=1e-5, rtol=1e-4)

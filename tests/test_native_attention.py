@@ -18,6 +18,14 @@ def _no_grad():  # overrides conftest's: these tests need gradients
     yield
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():  # as in training (TrainConfig.threads = 1): where the model takes the kernel
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Causal attention in float64, explicitly: ``[b, p, h, dh]`` -> ``[b, p, h, dh]``."""
     scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(q.shape[-1])
@@ -73,6 +81,20 @@ def test_native_attention_reads_strided_inputs_and_rejects_what_it_has_no_kernel
         native.causal_attention(*(torch.randn(1, 4, 2, 16, dtype=torch.float64) for _ in range(3)))
     assert not native.attention_fits(torch.device("cpu"), 8)
     assert native.attention_fits(torch.device("cpu"), 32)
+    assert not native.attention_fits(torch.device("cuda"), 32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the kernel has no threads of its own: torch's SDPA runs in parallel
+    try:
+        assert not native.attention_fits(torch.device("cpu"), 32)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_native_attention_says_clearly_when_the_kernels_are_not_built(monkeypatch):
+    monkeypatch.setattr(native, "_library", lambda: None)
+    assert not native.attention_fits(torch.device("cpu"), 32)
+    with pytest.raises(RuntimeError, match="not built"):
+        native.causal_attention(*(torch.randn(1, 4, 2, 16) for _ in range(3)))
 
 
 def test_native_attention_compiles_without_a_graph_break():

@@ -393,13 +393,13 @@ def test_device_is_checked_and_part_of_the_run_id_except_for_the_cpu():
     # machine with bf16 matrix instructions; elsewhere the precision, and so the id, differs).
     # Fields added later (device, compile) leave the ids of runs that do not use them unchanged.
     if T.cpu_has_bf16_matmul():
-        # CODE_VERSION 2 (the native attention kernel) and COMPILED_CODE_VERSION 3 (the logsumexp
-        # loss): tiny 128a2158a5, small 8a08e5fc12 and the
-        # eager small d59bcfa217 before it; small 6751de0956 before COMPILED_CODE_VERSION 2
-        assert zoo.config("residual", "tiny", 0).run_id() == "a46422df48"
+        # CPU_CODE_VERSION 2 (the native attention kernel) and COMPILED_CODE_VERSION 3 (the
+        # logsumexp loss): tiny 128a2158a5, small 8a08e5fc12 and the eager small d59bcfa217 before
+        # them; small 6751de0956 before COMPILED_CODE_VERSION 2
+        assert zoo.config("residual", "tiny", 0).run_id() == "74103a5b64"
         small = zoo.config("residual", "small", 0)
-        assert small.compile and small.run_id() == "0d8cb526c7"
-        assert dataclasses.replace(small, compile=False).run_id() == "95dc060aa3"  # the eager zoo's
+        assert small.compile and small.run_id() == "d696f23906"
+        assert dataclasses.replace(small, compile=False).run_id() == "99495b297c"  # the eager zoo's
     with pytest.raises(ValueError, match="device must be"):
         micro(device="tpu")
 
@@ -411,15 +411,24 @@ def test_a_streams_code_change_retrains_the_multi_stream_schemes_only(monkeypatc
     assert after["residual"] == before["residual"]
     assert all(after[s] != before[s] for s in ("hc", "mhc", "mhc-lite"))
     # without the C kernels (no compiler) CPU runs round differently (attention, and the streams of
-    # the multi-stream schemes): other ids; a GPU run uses no C kernel for residual
+    # the multi-stream schemes): other ids; GPU runs use no C kernel, so their ids stay
     from sinklens import native
 
-    gpu = dataclasses.replace(zoo.config("residual", "small", 0), device="cuda")
-    gpu_id = gpu.run_id()
+    gpu = {scheme: dataclasses.replace(zoo.config(scheme, "small", 0), device="cuda") for scheme in before}
+    gpu_ids = {scheme: cfg.run_id() for scheme, cfg in gpu.items()}
     monkeypatch.setattr(native, "available", lambda: False)
     fallback = {scheme: zoo.config(scheme, "small", 0).run_id() for scheme in before}
     assert all(fallback[s] not in (before[s], after[s]) for s in before)
-    assert gpu.run_id() == gpu_id
+    assert {scheme: cfg.run_id() for scheme, cfg in gpu.items()} == gpu_ids
+
+
+def test_a_cpu_code_change_retrains_the_cpu_runs_only(monkeypatch):
+    cpu = zoo.config("residual", "small", 0)
+    gpu = dataclasses.replace(cpu, device="cuda")
+    before = cpu.run_id(), gpu.run_id()
+    monkeypatch.setattr(T, "CPU_CODE_VERSION", T.CPU_CODE_VERSION + 1)
+    assert cpu.run_id() != before[0]
+    assert gpu.run_id() == before[1]
 
 
 def test_a_compiled_code_change_retrains_the_compiled_runs_only(monkeypatch):

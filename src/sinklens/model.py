@@ -27,8 +27,9 @@ Hook points (``l`` = layer):
 
 Attention has two paths that compute the same function. When no hook listens to
 ``hook_attn_scores`` or ``hook_pattern`` (training), it runs a fused kernel that never
-materialises the pattern: on the CPU the C kernel of :mod:`sinklens.native` (heads of 16, 32, 64
-or 128 dimensions, the kernels built), elsewhere torch's ``scaled_dot_product_attention``;
+materialises the pattern: on the CPU with one torch thread (training) the C kernel of
+:mod:`sinklens.native` (heads of 16, 32, 64 or 128 dimensions, the kernels built), elsewhere
+torch's ``scaled_dot_product_attention``;
 otherwise (any cache or intervention on the pattern) it computes scores and softmax explicitly,
 so the hooks see them. ``tests/test_model.py`` checks that the paths give the same logits and
 gradients.
@@ -132,7 +133,7 @@ class LayerNorm(nn.Module):
 class Attention(nn.Module):
     """Causal multi-head attention: ``[b, p, d_model] -> [b, p, d_model]``."""
 
-    fused: bool = True  # use scaled_dot_product_attention when no hook needs the pattern
+    fused: bool = True  # a fused kernel (the C kernel or SDPA) when no hook needs the pattern
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -171,7 +172,7 @@ class Attention(nn.Module):
             # in fp32 even under a bf16 autocast: torch's CPU flash kernel is several times
             # slower in bf16 than in fp32 at these head sizes (benchmarks/bench_training.py)
             with torch.autocast(x.device.type, enabled=False):
-                if native.attention_fits(q.device, self.d_head):  # sinklens.native's C kernel
+                if native.attention_fits(q.device, self.d_head):  # sinklens.native's (one thread)
                     z, _ = native.causal_attention(*(t.float().contiguous() for t in (q, k, v)))
                 else:
                     qf, kf, vf = (t.float().transpose(1, 2) for t in (q, k, v))  # [b, h, p, dh]

@@ -98,9 +98,11 @@ BOS_ID = 0
 UNK_ID = 1
 GPT2_EOT_ID = 50256
 DATASET_VERSION = 1  # bump when the tokenised-corpus format or recipe changes
-# bump when a code change alters training results: it changes every run id. 2: on the CPU, attention
-# in training runs sinklens.native's C kernel instead of torch's SDPA (same maths, other rounding).
-CODE_VERSION = 2
+CODE_VERSION = 1  # bump when a code change alters training results: it changes every run id
+# bump when a change alters only CPU runs: it changes their run ids and leaves GPU runs' alone.
+# 2: attention in training through sinklens.native's C kernel instead of torch's SDPA (same
+# maths, other rounding). Version 1 had no such key.
+CPU_CODE_VERSION = 2
 # bump when a change alters only the multi-stream schemes' training (HC, mHC, mHC-lite): it changes
 # their run ids and leaves the residual runs' alone. 2: the C kernels of sinklens.native (Sinkhorn
 # and the stream read/write; same maths, different rounding, and the compiled Sinkhorn no longer
@@ -308,7 +310,8 @@ class TrainConfig:
         d["code_version"] = CODE_VERSION
         if self.model.residual != "residual":  # version 1 had no such key: ids from before it changed
             d["streams_code_version"] = STREAMS_CODE_VERSION
-        if self.model.residual != "residual" or self.device == "cpu":  # where sinklens.native runs
+        if self.device == "cpu":  # the only device where sinklens.native's kernels run
+            d["cpu_code_version"] = CPU_CODE_VERSION
             from sinklens import native
 
             if not native.available():  # the torch fallback rounds differently: its own runs

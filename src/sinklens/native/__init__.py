@@ -16,16 +16,20 @@ calls each as one opaque op, and autograd uses the hand-written backward):
   streams each, instead of torch's batched 1 x n and n x n matrix products.
 - ``attention.c``: causal softmax attention for heads of 16, 32, 64 or 128 dimensions
   (``sinklens::causal_attention`` and its backward). It reads and writes the model's ``[batch,
-  position, head, d_head]`` layout directly, keeps each head's scaled keys and its values in small
-  transposed buffers and register-tiles every product over 4 rows; like flash attention it saves
-  only each query's log-sum-exp and recomputes the probabilities in the backward. At the zoo's
+  position, head, d_head]`` layout (contiguous) without transposed copies, keeps each head's scaled
+  keys and its values in small transposed buffers and register-tiles every product over 4 rows;
+  like flash attention it saves only each query's log-sum-exp between forward and backward, and
+  the backward recomputes the probabilities (holding one head's ``[T, T]`` probabilities and their
+  gradient at a time). It has no threads: the model uses it with one torch thread. At the zoo's
   ``small`` shape (32 x 64 tokens, 4 heads of 32), one core, forward and backward took 3.0-3.7 ms
   per layer against 5.2-5.8 ms for torch's CPU flash kernel (README, "Benchmarks").
 
 :func:`sinklens.hyperconnections.sinkhorn_knopp`, ``read_streams`` and ``write_streams`` use them
 for float32 CPU tensors, and :class:`sinklens.model.Attention`'s fused path (training: no hook on
 the pattern) uses ``causal_attention`` on the CPU, converting to float32 as it did for torch's kernel. The library is compiled once per process into a temporary folder (``cc
--O3 -march=native -ffast-math``, under a second) and the folder removed once loaded. Without a C
+-O3 -march=native -ffast-math``, under a second) and the folder removed once loaded. Built for the
+machine it runs on, a kernel's rounding can differ between CPUs (vector widths, fused
+multiply-adds), as torch's own kernels' can; on one machine it is deterministic. Without a C
 compiler, or if the build fails, :func:`available` is False, a one-line message says so, and the
 torch implementations run instead. ``SINKLENS_NO_NATIVE=1`` turns the kernels off. The ops have
 first derivatives only (the torch implementations also have second ones), and take coefficients of
@@ -292,9 +296,15 @@ ATTENTION_HEAD_SIZES = (16, 32, 64, 128)
 
 
 def attention_fits(device: torch.device, d_head: int) -> bool:
-    """Whether :func:`causal_attention` runs for heads of ``d_head`` on ``device`` (the CPU, a head
-    size it has a kernel for, the kernels built). It takes float32; callers convert."""
-    return device.type == "cpu" and d_head in ATTENTION_HEAD_SIZES and available()
+    """Whether :func:`causal_attention` runs for heads of ``d_head`` on ``device``: the CPU with
+    one torch thread (the kernel has no threads of its own; with more, torch's SDPA runs in
+    parallel), a head size it has a kernel for, the kernels built. It takes float32; callers convert."""
+    return device.type == "cpu" and d_head in ATTENTION_HEAD_SIZES and _one_thread() and available()
+
+
+@torch.compiler.assume_constant_result
+def _one_thread() -> bool:
+    return torch.get_num_threads() == 1
 
 
 def _check_attention(q: Tensor, k: Tensor, v: Tensor) -> None:
@@ -303,6 +313,22 @@ def _check_attention(q: Tensor, k: Tensor, v: Tensor) -> None:
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}.")
     if q.shape[-1] not in ATTENTION_HEAD_SIZES:
         raise ValueError(f"native attention has kernels for d_head in {ATTENTION_HEAD_SIZES}, got {q.shape[-1]}.")
+
+
+def _attention_library() -> ctypes.CDLL:
+    lib = _library()
+    if lib is None:
+        raise RuntimeError("native attention: the C kernels are not built (no C compiler, a failed build, or "
+                           "SINKLENS_NO_NATIVE=1); use torch.nn.functional.scaled_dot_product_attention.")
+    return lib
+
+
+def _check_attention_status(status: int) -> None:
+    """The C functions return 0, 1 (out of memory for the scratch buffers) or 2 (no kernel for d_head)."""
+    if status == 1:
+        raise MemoryError("native attention: out of memory for its scratch buffers.")
+    if status:
+        raise ValueError(f"native attention: no kernel for this head size (status {status}).")
 
 
 @torch.library.custom_op("sinklens::causal_attention", mutates_args=())
@@ -315,8 +341,8 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     _check_attention(q, k, v)
     b, p, h, dh = q.shape
     z, lse = torch.empty_like(q), q.new_empty(b, h, p)
-    if q.numel() and _library().causal_attention_forward(*_ptrs(q, k, v, z, lse), b, p, h, dh):
-        raise MemoryError("native attention: out of memory for its scratch buffers.")
+    if q.numel():
+        _check_attention_status(_attention_library().causal_attention_forward(*_ptrs(q, k, v, z, lse), b, p, h, dh))
     return z, lse
 
 
@@ -333,8 +359,9 @@ def causal_attention_backward(q: Tensor, k: Tensor, v: Tensor, z: Tensor, lse: T
     q, k, v, z, lse, g = _float32_cpu("attention", q, k, v, z, lse, grad_z)
     b, p, h, dh = q.shape
     grads = [torch.empty_like(q) for _ in range(3)]
-    if q.numel() and _library().causal_attention_backward(*_ptrs(q, k, v, z, lse, g, *grads), b, p, h, dh):
-        raise MemoryError("native attention: out of memory for its scratch buffers.")
+    if q.numel():
+        _check_attention_status(
+            _attention_library().causal_attention_backward(*_ptrs(q, k, v, z, lse, g, *grads), b, p, h, dh))
     return tuple(grads)
 
 

@@ -7,9 +7,11 @@
    Per (batch, head) the inputs are copied into small buffers (K scaled by 1/sqrt(D) and
    transposed), and every product is a register-tiled loop over blocks of 4 rows: scores against
    16 keys at a time, or 4 output rows of D floats at a time. The backward recomputes the
-   probabilities from lse instead of storing them between the passes. Each (batch, head) is
-   independent and summed in a fixed order, so the result depends on the inputs alone.
-   Built with -ffast-math: finite inputs assumed. */
+   probabilities from lse instead of storing them between the passes (it holds one head's [T, T]
+   probabilities and their gradient at a time). Each (batch, head) is independent and summed in a
+   fixed order, so for one build on one machine the result depends on the inputs alone (the
+   build's vector width and fused multiply-adds can change the rounding between CPUs).
+   Built with -ffast-math: finite inputs assumed (NaN still spreads as in torch's kernel). */
 
 #include <math.h>
 #include <stdint.h>
