@@ -240,6 +240,18 @@ def test_a_hook_on_the_pattern_switches_to_the_explicit_path():
     assert not attn.pattern_is_observed()  # the hook is gone afterwards
 
 
+def _traced_ops(fn, *args) -> list[str]:
+    """The ops of the graph ``torch.compile`` traces for ``fn(*args)`` (a backend that only notes them)."""
+    traced: list[str] = []
+
+    def record(gm, example_inputs):
+        traced.extend(str(node.target) for node in gm.graph.nodes)
+        return gm.forward
+
+    torch.compile(fn, backend=record)(*args)
+    return traced
+
+
 def test_compiled_gelu_is_gpt2s_tanh_gelu():
     """Compiled, the GELU is written with a sigmoid (a cheaper CPU kernel); it is the same function."""
     from sinklens.model import gelu_tanh, gelu_tanh_by_sigmoid
@@ -248,13 +260,7 @@ def test_compiled_gelu_is_gpt2s_tanh_gelu():
     expected = F.gelu(x, approximate="tanh")
     torch.testing.assert_close(gelu_tanh(x), expected, rtol=0, atol=0, equal_nan=True)  # eager: the library's own
     torch.testing.assert_close(gelu_tanh_by_sigmoid(x), expected, rtol=1e-6, atol=1e-6, equal_nan=True)
-    traced: list[str] = []
-
-    def record(gm, example_inputs):  # a compile backend that only notes which ops the graph holds
-        traced.extend(str(node.target) for node in gm.graph.nodes)
-        return gm.forward
-
-    torch.compile(gelu_tanh, backend=record)(x)
+    traced = _traced_ops(gelu_tanh, x)
     assert any("sigmoid" in t for t in traced) and not any("gelu" in t for t in traced), traced
     torch.testing.assert_close(torch.compile(gelu_tanh)(x), expected, rtol=1e-6, atol=1e-6, equal_nan=True)
     x16 = x[:-6].bfloat16()  # as under autocast: bf16 in and out, computed in fp32 in between
@@ -282,11 +288,5 @@ def test_compiled_loss_is_the_cross_entropy_and_has_its_gradient():
         for loss, grad in grads:
             torch.testing.assert_close(loss, expected, rtol=tol, atol=tol)
             torch.testing.assert_close(grad, grads[0][1], rtol=1e-2 if dtype == torch.bfloat16 else 1e-5, atol=1e-5)
-    traced: list[str] = []
-
-    def record(gm, example_inputs):
-        traced.extend(str(node.target) for node in gm.graph.nodes)
-        return gm.forward
-
-    torch.compile(next_token_loss, backend=record)(logits.float(), tokens)
+    traced = _traced_ops(next_token_loss, logits.float(), tokens)
     assert any("logsumexp" in t for t in traced) and not any("cross_entropy" in t for t in traced), traced

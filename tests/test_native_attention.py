@@ -26,12 +26,16 @@ def _one_thread():  # as in training (TrainConfig.threads = 1): where the model 
     torch.set_num_threads(threads)
 
 
-def _reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Causal attention in float64, explicitly: ``[b, p, h, dh]`` -> ``[b, p, h, dh]``."""
+def _masked_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Scaled, causally masked scores: ``[b, p, h, dh]`` x2 -> ``[b, h, p, p]``."""
     scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(q.shape[-1])
     p = q.shape[1]
-    scores = scores.masked_fill(~torch.ones(p, p, dtype=torch.bool).tril(), float("-inf"))
-    return torch.einsum("bhqk,bkhd->bqhd", torch.softmax(scores, -1), v)
+    return scores.masked_fill(~torch.ones(p, p, dtype=torch.bool).tril(), float("-inf"))
+
+
+def _reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention in float64, explicitly: ``[b, p, h, dh]`` -> ``[b, p, h, dh]``."""
+    return torch.einsum("bhqk,bkhd->bqhd", torch.softmax(_masked_scores(q, k), -1), v)
 
 
 @pytest.mark.parametrize("d_head", native.ATTENTION_HEAD_SIZES)
@@ -50,9 +54,7 @@ def test_native_attention_matches_float64_attention_and_its_gradients(d_head, n_
     torch.testing.assert_close(z.double(), z_ref, atol=2e-5, rtol=1e-5)
     for g, w in zip(got, want):
         torch.testing.assert_close(g.double(), w, atol=5e-5, rtol=1e-4)
-    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(d_head)
-    scores = scores.masked_fill(~torch.ones(n_pos, n_pos, dtype=torch.bool).tril(), float("-inf"))
-    torch.testing.assert_close(lse.double(), torch.logsumexp(scores, -1), atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(lse.double(), torch.logsumexp(_masked_scores(q, k), -1), atol=2e-5, rtol=1e-5)
 
 
 def test_native_attention_is_as_close_to_float64_as_torch_sdpa():

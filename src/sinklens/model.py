@@ -29,9 +29,8 @@ Attention has two paths that compute the same function. When no hook listens to
 ``hook_attn_scores`` or ``hook_pattern`` (training), it runs a fused kernel that never
 materialises the pattern: on the CPU with one torch thread (training) the C kernel of
 :mod:`sinklens.native` (heads of 16, 32, 64 or 128 dimensions, the kernels built), elsewhere
-torch's ``scaled_dot_product_attention``;
-otherwise (any cache or intervention on the pattern) it computes scores and softmax explicitly,
-so the hooks see them. ``tests/test_model.py`` checks that the paths give the same logits and
+torch's ``scaled_dot_product_attention``; otherwise (any cache or intervention on the pattern)
+it computes scores and softmax explicitly, so the hooks see them. ``tests/test_model.py`` checks that the paths give the same logits and
 gradients.
 - ``blocks.l.hook_attn_out``, ``blocks.l.hook_mlp_out``: ``[batch, pos, d_model]``;
   ``blocks.l.mlp.hook_pre / hook_post``: ``[batch, pos, d_mlp]``.

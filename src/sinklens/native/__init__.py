@@ -26,8 +26,9 @@ calls each as one opaque op, and autograd uses the hand-written backward):
 
 :func:`sinklens.hyperconnections.sinkhorn_knopp`, ``read_streams`` and ``write_streams`` use them
 for float32 CPU tensors, and :class:`sinklens.model.Attention`'s fused path (training: no hook on
-the pattern) uses ``causal_attention`` on the CPU, converting to float32 as it did for torch's kernel. The library is compiled once per process into a temporary folder (``cc
--O3 -march=native -ffast-math``, under a second) and the folder removed once loaded. Built for the
+the pattern) uses ``causal_attention`` on the CPU, converting to float32 as it did for torch's
+kernel. The library is compiled once per process into a temporary folder (``cc -O3
+-march=native -ffast-math``, under a second) and the folder removed once loaded. Built for the
 machine it runs on, a kernel's rounding can differ between CPUs (vector widths, fused
 multiply-adds), as torch's own kernels' can; on one machine it is deterministic. Without a C
 compiler, or if the build fails, :func:`available` is False, a one-line message says so, and the
