@@ -75,6 +75,83 @@ def test_a_verdict_must_be_legal_and_record_refuses_bare_strings(tmp_path):
     assert text.startswith("## What we found") and "**reproduced**: claim b" in text and "0.5x / 2x" in text
 
 
+# --- leaving out one seed ---------------------------------------------------------------------------
+
+HC_GAIN = {0: 2.0, 1: 2.0, 2: 1.2, 3: 1.8}  # per seed; seed 2 alone stays under gain_grows' 1.5
+
+
+def _gain_verdict(seeds):
+    return claims.gain_grows([HC_GAIN[s] for s in seeds])
+
+
+def test_leave_one_seed_out_finds_a_verdict_one_seed_decides():
+    v = claims.leave_one_seed_out(_gain_verdict, [0, 1, 2])
+    assert v.verdict == "partly" and dict(v.without_seed) == {0: "partly", 1: "partly", 2: "reproduced"}
+    assert v.rests_on_one_seed
+    assert claims.seed_stability_words(v.without_seed, v.verdict) == "without seed 2 it is reproduced, so one model decides it"
+
+
+def test_seed_stability_words_name_every_seed_that_changes_the_verdict():
+    words = claims.seed_stability_words({0: "reproduced", 1: "partly", 2: "not reproduced"}, "partly")
+    assert words == "without seed 0 it is reproduced, without seed 2 not reproduced, so one model decides it"
+    assert claims.seed_stability_words({"0": "partly", "1": "partly", "2": "partly"}, "partly").startswith("the same")
+
+
+def test_leave_one_seed_out_passes_a_verdict_no_one_seed_decides():
+    v = claims.leave_one_seed_out(_gain_verdict, [0, 1, 3])
+    assert v.verdict == "reproduced" and set(v.without_seed.values()) == {"reproduced"}
+    assert not v.rests_on_one_seed
+    assert claims.seed_stability_words(v.without_seed, v.verdict) == "the same without any one of seeds 0, 1, 3"
+
+
+def test_leave_one_seed_out_decides_on_the_subsets_it_names():
+    calls = []
+    claims.leave_one_seed_out(lambda ss: calls.append(ss) or _gain_verdict(ss), [3, 0, 1])
+    assert calls == [[3, 0, 1], [0, 1], [3, 1], [3, 0]]
+
+
+def test_leave_one_seed_out_keeps_the_rule_and_sensitivity_of_the_full_verdict():
+    v = claims.leave_one_seed_out(
+        lambda ss: claims.with_sensitivity(claims.gain_grows, "threshold", per_seed_max=[HC_GAIN[s] for s in ss],
+                                           threshold=1.5), [0, 1, 2])
+    assert v.sensitivity == {"0.5x": "reproduced", "2x": "not reproduced"} and v.rule.startswith("reproduced =")
+
+
+def test_leave_one_seed_out_treats_each_verdict_of_a_mapping():
+    out = claims.leave_one_seed_out(lambda ss: {"grows": _gain_verdict(ss),
+                                                 "always": claims.gain_grows([5.0] * len(ss))}, [0, 1, 2])
+    assert out["grows"].rests_on_one_seed and not out["always"].rests_on_one_seed
+    assert dict(out["always"].without_seed) == {0: "reproduced", 1: "reproduced", 2: "reproduced"}
+
+
+def test_leave_one_seed_out_records_nothing_below_three_seeds():
+    v = claims.leave_one_seed_out(_gain_verdict, [0, 2])
+    assert v.verdict == "partly" and not v.without_seed and not v.rests_on_one_seed
+    assert claims.seed_stability_words(v.without_seed, v.verdict) == ""
+
+
+def test_leave_one_seed_out_refuses_bad_input():
+    with pytest.raises(ValueError, match="distinct"):
+        claims.leave_one_seed_out(_gain_verdict, [0, 0, 1])
+    with pytest.raises(ValueError, match="same verdict names"):
+        claims.leave_one_seed_out(lambda ss: {f"n{len(ss)}": _gain_verdict(ss)}, [0, 1, 2])
+    with pytest.raises(TypeError, match="Verdict or a mapping"):
+        claims.leave_one_seed_out(lambda ss: "partly", [0, 1, 2])
+
+
+def test_the_results_json_and_what_we_found_carry_the_leave_one_seed_out_check(tmp_path):
+    from sinklens.provenance import ChapterResults
+
+    res = ChapterResults(chapter="99_x")
+    entry = res.record("g", "claim g", value=1, verdict=claims.leave_one_seed_out(_gain_verdict, [0, 1, 2]))
+    assert entry["without_seed"] == {"0": "partly", "1": "partly", "2": "reproduced"} and entry["rests_on_one_seed"]
+    plain = res.record("h", "claim h", value=1, verdict=_gain_verdict([0, 1]))
+    assert "without_seed" not in plain and "rests_on_one_seed" not in plain
+    text = claims.what_we_found(res.claims)
+    assert "Leaving out one seed: without seed 2 it is reproduced, so one model decides it." in text
+    assert text.count("Leaving out one seed") == 1
+
+
 def test_with_sensitivity_needs_the_threshold_by_keyword():
     with pytest.raises(ValueError, match="by keyword"):
         claims.with_sensitivity(claims.gain_grows, "threshold", per_seed_max=[2.0])

@@ -156,3 +156,23 @@ def test_scorecard_counts_evidence_apart_from_guarantees_and_shows_rule_mode_and
     assert "| rule d | book | sinklens-zoo-small |" in row_d
     (tmp_path / "01_x.json").write_text(json.dumps({"chapter": "01_x", "run_mode": "ci", "claims": claims}))
     assert "Not the book's run" in book.write_scorecard(tmp_path, tmp_path / "sc.md", chapters=["01_x"]).read_text()
+
+
+def test_scorecard_marks_and_counts_verdicts_that_one_seed_decides(tmp_path):
+    claim = lambda i, verdict, **kw: {"id": i, "claim": f"claim {i}", "source": "", "value": 1.0,  # noqa: E731
+                                      "verdict": verdict, "seeds": [0, 1, 2], "details": "", **kw}
+    claims = [claim("a", "partly", without_seed={"0": "partly", "1": "reproduced", "2": "partly"}, rests_on_one_seed=True),
+              claim("b", "reproduced", without_seed={"0": "reproduced", "1": "reproduced", "2": "reproduced"},
+                    rests_on_one_seed=False),
+              claim("c", "by construction", without_seed={"0": "not reproduced", "1": "by construction",
+                                                          "2": "by construction"}, rests_on_one_seed=True),
+              claim("d", "measured")]
+    (tmp_path / "01_x.json").write_text(json.dumps({"chapter": "01_x", "run_mode": "book", "claims": claims}))
+    text = book.write_scorecard(tmp_path, tmp_path / "sc.md", chapters=["01_x"]).read_text()
+    assert "1 of 2 verdicts so checked change" in text and ": `a`." in text
+    rows = {c: [line for line in text.splitlines() if f"claim {c} |" in line][0] for c in "abd"}
+    assert "**partly** (rests on one seed)" in rows["a"] and "without seed 1 it is reproduced, so one model decides it" in rows["a"]
+    assert "(rests on one seed)" not in rows["b"] and "the same without any one of seeds 0, 1, 2" in rows["b"]
+    assert "Leaving out one seed" not in rows["d"]
+    (tmp_path / "01_x.json").write_text(json.dumps({"chapter": "01_x", "run_mode": "book", "claims": [claims[3]]}))
+    assert "so checked" not in book.write_scorecard(tmp_path, tmp_path / "sc.md", chapters=["01_x"]).read_text()

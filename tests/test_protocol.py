@@ -127,3 +127,42 @@ def test_the_chapter_stars_name_the_ranking_they_come_from():
 def test_a_claim_depends_on_the_protocol_only_when_its_verdicts_differ():
     verdicts = {"a": ["partly", "partly"], "b": ["partly", "reproduced"], "c": ["not tested here"]}
     assert protocol.protocol_dependent_claims(verdicts) == ["b"]
+
+
+def _layered(early: bool, n_layers: int = 4, n_heads: int = 2) -> protocol.SourceMeasurement:
+    """A measurement whose every score ranks heads by depth: earliest first (``early``) or last first."""
+    depth = np.repeat(np.arange(n_layers, dtype=float)[:, None], n_heads, 1) + np.arange(n_heads) * 0.1
+    m = (n_layers - depth) if early else depth + 1
+    maps = {kind: m.copy() for kind in protocol.KINDS}
+    T = 5
+    uniform = claims.uniform_causal_pattern(T).expand(n_layers, n_heads, T, T).clone()
+    return protocol.SourceMeasurement(pattern=maps, ablation={k: v.copy() for k, v in maps.items()},
+                                      direct=np.zeros_like(m), source_direct=np.zeros_like(m), sentence_patterns=uniform)
+
+
+def test_protocol_verdicts_are_decided_again_without_each_seed():
+    # mHC's heads sit earlier than residual's in seeds 0 and 1, and as late in seed 2
+    meas = {(scheme, s): _layered(early=scheme != "residual" and s != 2) for scheme in ("residual", "mhc", "mhc-lite")
+            for s in (0, 1, 2)}
+    asked = []
+
+    def present_in(ss):
+        asked.append(list(ss))
+        return {kind: True for kind in protocol.KINDS}
+
+    v = protocol.verdicts_leaving_out_seeds(meas, n_layers=4, n_heads=2, seeds=[0, 1, 2], present_in=present_in)
+    earlier = v["mhc-heads-earlier / source"]
+    assert earlier.verdict == "partly" and dict(earlier.without_seed) == {0: "partly", 1: "partly", 2: "reproduced"}
+    assert earlier.rests_on_one_seed
+    assert asked == [[0, 1, 2], [1, 2], [0, 2], [0, 1]]
+    full = protocol.protocol_verdicts(meas, n_layers=4, n_heads=2, seeds=[0, 1, 2], present=present_in([0, 1, 2]))
+    assert {k: x.verdict for k, x in v.items()} == {k: x.verdict for k, x in full["verdicts"].items()}
+
+
+def test_a_head_type_missing_in_one_seed_is_present_without_it():
+    meas = {(scheme, s): _layered(early=scheme != "residual") for scheme in ("residual", "mhc", "mhc-lite") for s in (0, 1, 2)}
+    present_in = lambda ss: {"previous_token": 1 not in ss, "induction": True, "duplicate_token": True}  # noqa: E731
+    v = protocol.verdicts_leaving_out_seeds(meas, n_layers=4, n_heads=2, seeds=[0, 1, 2], present_in=present_in)
+    earlier = v["mhc-heads-earlier / source"]
+    assert earlier.verdict == "partly"  # previous-token: not tested here; induction: reproduced
+    assert dict(earlier.without_seed) == {0: "partly", 1: "reproduced", 2: "partly"}

@@ -230,8 +230,12 @@ def _summarise(value: Any, limit: int = 6) -> str:
 
 def _rule(claim: dict) -> str:
     """The claim's decision rule, its 0.5x / 2x threshold verdicts and any details, for the scorecard."""
+    from sinklens.claims import seed_stability_words
+
     sens = claim.get("sensitivity") or {}
-    parts = [claim.get("rule") or "", f"(0.5x: {sens['0.5x']}; 2x: {sens['2x']})" if sens else "", claim.get("details") or ""]
+    stability = seed_stability_words(claim.get("without_seed") or {}, claim["verdict"])
+    parts = [claim.get("rule") or "", f"(0.5x: {sens['0.5x']}; 2x: {sens['2x']})" if sens else "",
+             f"Leaving out one seed: {stability}." if stability else "", claim.get("details") or ""]
     return " ".join(p for p in parts if p) or "–"
 
 
@@ -261,6 +265,7 @@ def write_scorecard(results_dir: Path, output: Path, chapters: list[str] | None 
         )
     counts: dict[str, int] = {}
     apart: dict[str, int] = {}
+    checked, on_one_seed = 0, []  # evidence verdicts with a leave-one-seed-out check, and those one seed decides
     rows, legend, modes = [], [], set()
     for res in loaded:
         model = res.get("model") or {}
@@ -271,10 +276,16 @@ def write_scorecard(results_dir: Path, output: Path, chapters: list[str] | None 
         for c in res["claims"]:
             tally = apart if c["verdict"] in NOT_EVIDENCE else counts
             tally[c["verdict"]] = tally.get(c["verdict"], 0) + 1
+            fragile = bool(c.get("rests_on_one_seed"))
+            if c.get("without_seed") and c["verdict"] not in NOT_EVIDENCE:
+                checked += 1
+                if fragile:
+                    on_one_seed.append(f"`{c['id']}`")
             seeds = ", ".join(str(s) for s in c.get("seeds", [])) or "–"
             claim_model = c.get("model") or model.get("name", "")
             rows.append("| " + " | ".join(_cell(x) for x in (
-                f"[{res['chapter'][:2]}](chapters/{res['chapter']}.ipynb)", f"**{c['verdict']}**", c["claim"],
+                f"[{res['chapter'][:2]}](chapters/{res['chapter']}.ipynb)",
+                f"**{c['verdict']}**" + (" (rests on one seed)" if fragile else ""), c["claim"],
                 _summarise(c["value"]), _rule(c), mode, claim_model, seeds, c.get("source", ""),
             )) + " |")
     fmt = lambda d: ", ".join(f"{n} {v}" for v, n in sorted(d.items(), key=lambda kv: -kv[1])) or "none"  # noqa: E731
@@ -299,6 +310,13 @@ def write_scorecard(results_dir: Path, output: Path, chapters: list[str] | None 
         f"**{sum(counts.values())} claims tested as evidence, from {len(loaded)} chapters:** {fmt(counts)}. "
         f"Listed apart: {fmt(apart)}.",
         "",
+        *([f"**Leaving out one seed** (`sinklens.claims.leave_one_seed_out`; each claim decided again without "
+           f"each seed in turn): {len(on_one_seed)} of {checked} verdicts so checked change, so one model decides "
+           "them and a retraining that moved it could too"
+           + (f": {', '.join(on_one_seed)}." if on_one_seed else ".")
+           + " Passing this check does not make a verdict stable: it cannot see a verdict that every seed sits "
+             "close to turning (the README measures how often verdicts changed between retrainings).", ""]
+          if checked else []),
         "Model and data of each chapter's run:",
         "",
         *legend,

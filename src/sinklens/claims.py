@@ -12,13 +12,15 @@ outcome of every rule, including the ones that must fail.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence, TypeVar
 
 import numpy as np
 import torch
 
 from sinklens.provenance import VERDICTS
 from sinklens.scores import attention_kurtosis, column_means
+
+V = TypeVar("V")
 
 #: Why the shared thresholds are what they are (written once; the chapters cite these names).
 THRESHOLD_REASONS = {
@@ -34,16 +36,23 @@ THRESHOLD_REASONS = {
 
 @dataclass(frozen=True)
 class Verdict:
-    """A claim's verdict, the rule that produced it in words, and (where the rule has a threshold)
-    the verdicts the same rule gives at half and at twice that threshold."""
+    """A claim's verdict, the rule that produced it in words, (where the rule has a threshold) the
+    verdicts the same rule gives at half and at twice that threshold, and (where the claim rests on
+    several seeds) the verdict with each seed left out (:func:`leave_one_seed_out`)."""
 
     verdict: str
     rule: str
     sensitivity: Mapping[str, str] = field(default_factory=dict)
+    without_seed: Mapping[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
             raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}.")
+
+    @property
+    def rests_on_one_seed(self) -> bool:
+        """Leaving out some single seed changes the verdict: one model decides it."""
+        return any(v != self.verdict for v in self.without_seed.values())
 
 
 def measured(rule: str) -> Verdict:
@@ -78,6 +87,53 @@ def with_sensitivity(rule: Callable[..., Verdict], vary: str, /, *, floor: float
         base = replace(base, rule=f"{base.rule} (0.5x / 2x: of the threshold's distance above {floor:g}, the least "
                                   "possible value)")
     return replace(base, sensitivity=varied)
+
+
+#: The fewest seeds :func:`leave_one_seed_out` varies: leaving one of two out leaves a single seed,
+#: where "in every seed" means "in this one" and no seed-to-seed spread is left to compare with.
+MIN_SEEDS_TO_LEAVE_OUT = 3
+
+
+def leave_one_seed_out(decide: Callable[[list[int]], V], seeds: Sequence[int], *,
+                       min_seeds: int = MIN_SEEDS_TO_LEAVE_OUT) -> V:
+    """``decide(seeds)``, with the verdict ``decide`` reaches on every subset that leaves one seed out.
+
+    ``decide`` takes a list of seeds and decides the claim on those seeds' models alone. It returns a
+    :class:`Verdict`, or a mapping from names to verdicts (then each is treated alike). The verdicts
+    without each seed are stored in ``without_seed``; where any differs from the verdict on all the
+    seeds, the verdict :attr:`~Verdict.rests_on_one_seed`: a retraining that moved that one model
+    could change it. With fewer than ``min_seeds`` seeds nothing is recorded.
+
+    >>> v = leave_one_seed_out(lambda ss: gain_grows([{0: 2.0, 1: 2.0, 2: 1.2}[s] for s in ss]), [0, 1, 2])
+    >>> v.verdict, dict(v.without_seed), v.rests_on_one_seed
+    ('partly', {0: 'partly', 1: 'partly', 2: 'reproduced'}, True)
+    """
+    seeds = list(seeds)
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"Seeds must be distinct, got {seeds}.")
+    full = decide(seeds)
+    if len(seeds) < min_seeds:
+        return full
+    without = {s: decide([x for x in seeds if x != s]) for s in seeds}
+    if isinstance(full, Verdict):
+        return replace(full, without_seed={s: v.verdict for s, v in without.items()})
+    if isinstance(full, Mapping):
+        if any(set(w) != set(full) for w in without.values()):
+            raise ValueError("decide must return the same verdict names for every subset of seeds.")
+        return {name: replace(v, without_seed={s: without[s][name].verdict for s in seeds}) for name, v in full.items()}
+    raise TypeError(f"decide must return a Verdict or a mapping of them, got {type(full).__name__}.")
+
+
+def seed_stability_words(without_seed: Mapping, verdict: str) -> str:
+    """One phrase on a verdict's leave-one-seed-out check, for pages and the scorecard ('' when none)."""
+    if not without_seed:
+        return ""
+    changed = [(s, v) for s, v in without_seed.items() if v != verdict]
+    if not changed:
+        return f"the same without any one of seeds {', '.join(str(s) for s in without_seed)}"
+    (s0, v0), rest = changed[0], changed[1:]
+    return (f"without seed {s0} it is {v0}" + "".join(f", without seed {s} {v}" for s, v in rest)
+            + ", so one model decides it")
 
 
 def implementations_agree(difference: float, tolerance: float, *, quantity: str = "largest absolute difference") -> Verdict:
@@ -522,6 +578,8 @@ def what_we_found(claims: Sequence[Mapping]) -> str:
     for c in claims:
         sens = c.get("sensitivity") or {}
         extra = f" At 0.5x / 2x the threshold: {sens.get('0.5x')} / {sens.get('2x')}." if sens else ""
+        stability = seed_stability_words(c.get("without_seed") or {}, c["verdict"])
+        extra += f" Leaving out one seed: {stability}." if stability else ""
         lines.append(f"- **{c['verdict']}**: {c['claim']}. *Rule:* {c.get('rule') or c.get('details') or '–'}.{extra}")
     return "\n".join(lines)
 

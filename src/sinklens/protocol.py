@@ -332,6 +332,22 @@ def protocol_verdicts(measurements: Mapping[tuple[str, int], SourceMeasurement],
     return out
 
 
+def verdicts_leaving_out_seeds(measurements: Mapping[tuple[str, int], SourceMeasurement], *, n_layers: int, n_heads: int,
+                               seeds: Sequence[int], present_in: Callable[[list[int]], Mapping[str, bool]],
+                               variants: Sequence[str] = ("mhc", "mhc-lite")) -> dict:
+    """The verdicts of :func:`protocol_verdicts`, each decided again without each seed in turn
+    (:func:`sinklens.claims.leave_one_seed_out`). ``present_in(seeds)``: whether every model of those
+    seeds has each head type, so a type absent only in the left-out seed's model counts as present."""
+    from sinklens import claims
+
+    def decide(ss: list[int]) -> dict:
+        subset = {key: m for key, m in measurements.items() if key[1] in ss}
+        return protocol_verdicts(subset, n_layers=n_layers, n_heads=n_heads, seeds=ss, present=present_in(ss),
+                                 variants=variants)["verdicts"]
+
+    return claims.leave_one_seed_out(decide, seeds)
+
+
 def protocol_dependent_claims(verdicts: Mapping[str, Sequence[str]]) -> list[str]:
     """The claims whose verdict is not the same under every protocol and ranking rule.
 

@@ -83,7 +83,8 @@ class ChapterResults:
 
         ``verdict`` must be a ``Verdict`` (a verdict string with its rule), never a bare string: no
         chapter assigns a verdict itself. Its rule is stored as ``rule``, its 0.5x / 2x threshold
-        verdicts as ``sensitivity``; ``details`` adds context.
+        verdicts as ``sensitivity``, its verdicts with each seed left out (if checked) as ``without_seed``
+        and ``rests_on_one_seed``; ``details`` adds context.
         """
         from sinklens.claims import Verdict  # here: sinklens.claims imports VERDICTS from this module
 
@@ -96,6 +97,9 @@ class ChapterResults:
             "verdict": verdict.verdict, "rule": verdict.rule, "sensitivity": dict(verdict.sensitivity),
             "seeds": seeds or [], "details": details,
         }
+        if verdict.without_seed:  # the leave-one-seed-out check (sinklens.claims.leave_one_seed_out)
+            entry["without_seed"] = {str(s): v for s, v in verdict.without_seed.items()}
+            entry["rests_on_one_seed"] = verdict.rests_on_one_seed
         if model is not None:  # the claim is about another model than the chapter's (e.g. our trained zoo)
             entry["model"] = model
         self.claims.append(entry)
