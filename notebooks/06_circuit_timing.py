@@ -374,7 +374,10 @@ per_run = lambda col: {f"{k[0]}/seed{k[1]}": (None if pd.isna(v) else float(v)) 
 n_bos_heads_total = int((head_df.label == "bos").sum())
 bos_01 = int(trans.bos_heads_layers_0_1.sum())
 deeper = n_layers > 2
-v_layers = claims.no_bos_heads_early(bos_01, n_bos_heads_total)
+runs_of = lambda ss: trans[trans.index.get_level_values("seed").isin(ss)]  # noqa: E731
+# each verdict is decided again without each seed's runs in turn (claims.leave_one_seed_out)
+v_layers = claims.leave_one_seed_out(lambda ss: claims.no_bos_heads_early(
+    int(runs_of(ss).bos_heads_layers_0_1.sum()), int(((head_df.label == "bos") & head_df.seed.isin(ss)).sum())), seeds_all)
 display(Markdown(
     f"**BOS heads in layers 0-1.** Over all {n_screened} checkpoints, {n_bos_heads_total} head-checkpoints are "
     f"classified BOS, {bos_01} of them in layers 0-1"
@@ -393,8 +396,9 @@ results.record(
 
 both = trans.dropna(subset=["induction_tokens", "bos50_tokens"])
 ratios = both.ratio.astype(float)
-v_order = claims.with_sensitivity(claims.induction_before_bos, "min_ratio", ratios=ratios.tolist(), n_runs=len(trans),
-                                  min_ratio=11.0)
+v_order = claims.leave_one_seed_out(lambda ss: claims.with_sensitivity(
+    claims.induction_before_bos, "min_ratio", ratios=runs_of(ss).dropna(subset=["induction_tokens", "bos50_tokens"]).ratio
+    .astype(float).tolist(), n_runs=len(runs_of(ss)), min_ratio=11.0), seeds_all)
 v_order_paper_heads = claims.induction_before_bos(
     (trans.bos50_tokens / trans.induction3_tokens).dropna().astype(float).tolist(), len(trans))
 n_ind = int(trans.induction_tokens.notna().sum())
