@@ -139,6 +139,21 @@ def test_leave_one_seed_out_refuses_bad_input():
         claims.leave_one_seed_out(lambda ss: "partly", [0, 1, 2])
 
 
+def test_of_seeds_keeps_the_entries_of_the_seeds_asked_for_in_seed_order():
+    assert claims.of_seeds([10, 11, 12], [3, 0, 1], [1, 3]) == [10, 12]
+    assert claims.of_seeds({3: "a", 0: "b", 1: "c"}, [3, 0, 1], [0, 1]) == ["b", "c"]
+    assert claims.of_seeds([10, 11, 12], [3, 0, 1], []) == []
+    with pytest.raises(ValueError, match="not among"):
+        claims.of_seeds([10, 11, 12], [3, 0, 1], [2])
+    with pytest.raises(ValueError, match="one value per seed"):
+        claims.of_seeds([10, 11], [3, 0, 1], [0])
+
+
+def test_leave_one_seed_out_checks_what_decide_returns_even_below_three_seeds():
+    with pytest.raises(TypeError, match="Verdict or a mapping"):
+        claims.leave_one_seed_out(lambda ss: "partly", [0])
+
+
 def test_the_results_json_and_what_we_found_carry_the_leave_one_seed_out_check(tmp_path):
     from sinklens.provenance import ChapterResults
 

@@ -170,8 +170,9 @@ def test_scorecard_marks_and_counts_verdicts_that_one_seed_decides(tmp_path):
     (tmp_path / "01_x.json").write_text(json.dumps({"chapter": "01_x", "run_mode": "book", "claims": claims}))
     text = book.write_scorecard(tmp_path, tmp_path / "sc.md", chapters=["01_x"]).read_text()
     assert "1 of 2 verdicts so checked change" in text and ": `a`." in text
-    rows = {c: [line for line in text.splitlines() if f"claim {c} |" in line][0] for c in "abd"}
+    rows = {c: [line for line in text.splitlines() if f"claim {c} |" in line][0] for c in "abcd"}
     assert "**partly** (rests on one seed)" in rows["a"] and "without seed 1 it is reproduced, so one model decides it" in rows["a"]
+    assert "**by construction** |" in rows["c"]  # a guarantee is neither marked nor counted
     assert "(rests on one seed)" not in rows["b"] and "the same without any one of seeds 0, 1, 2" in rows["b"]
     assert "Leaving out one seed" not in rows["d"]
     (tmp_path / "01_x.json").write_text(json.dumps({"chapter": "01_x", "run_mode": "book", "claims": [claims[3]]}))

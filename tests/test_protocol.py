@@ -129,15 +129,21 @@ def test_a_claim_depends_on_the_protocol_only_when_its_verdicts_differ():
     assert protocol.protocol_dependent_claims(verdicts) == ["b"]
 
 
-def _layered(early: bool, n_layers: int = 4, n_heads: int = 2) -> protocol.SourceMeasurement:
-    """A measurement whose every score ranks heads by depth: earliest first (``early``) or last first."""
+def _layered(early: bool, n_layers: int = 4, n_heads: int = 2, vertical: bool = False) -> protocol.SourceMeasurement:
+    """A measurement whose every score ranks heads by depth: earliest first (``early``) or last first.
+    Every head attends to the previous token on the sentence (verticality exactly 2, not above the
+    source's 2), or uniformly (``vertical``: H_5 = 2.28, above it)."""
     depth = np.repeat(np.arange(n_layers, dtype=float)[:, None], n_heads, 1) + np.arange(n_heads) * 0.1
     m = (n_layers - depth) if early else depth + 1
     maps = {kind: m.copy() for kind in protocol.KINDS}
     T = 5
-    uniform = claims.uniform_causal_pattern(T).expand(n_layers, n_heads, T, T).clone()
+    previous = torch.zeros(T, T)
+    previous[0, 0] = 1.0
+    previous[torch.arange(1, T), torch.arange(T - 1)] = 1.0
+    pattern = claims.uniform_causal_pattern(T) if vertical else previous
     return protocol.SourceMeasurement(pattern=maps, ablation={k: v.copy() for k, v in maps.items()},
-                                      direct=np.zeros_like(m), source_direct=np.zeros_like(m), sentence_patterns=uniform)
+                                      direct=np.zeros_like(m), source_direct=np.zeros_like(m),
+                                      sentence_patterns=pattern.expand(n_layers, n_heads, T, T).clone())
 
 
 def test_protocol_verdicts_are_decided_again_without_each_seed():
@@ -157,6 +163,18 @@ def test_protocol_verdicts_are_decided_again_without_each_seed():
     assert asked == [[0, 1, 2], [1, 2], [0, 2], [0, 1]]
     full = protocol.protocol_verdicts(meas, n_layers=4, n_heads=2, seeds=[0, 1, 2], present=present_in([0, 1, 2]))
     assert {k: x.verdict for k, x in v.items()} == {k: x.verdict for k, x in full["verdicts"].items()}
+
+
+def test_the_sink_verdicts_leave_out_the_measurements_of_the_left_out_seed():
+    # mHC's heads are sink-like by the source's '> 2' in seed 1 only
+    meas = {(scheme, s): _layered(early=True, vertical=scheme == "mhc" and s == 1)
+            for scheme in ("residual", "mhc", "mhc-lite") for s in (0, 1, 2)}
+    assert claims.group_verticality(meas["mhc", 0].sentence_patterns[0, 0]) == pytest.approx(2.0)
+    v = protocol.verdicts_leaving_out_seeds(meas, n_layers=4, n_heads=2, seeds=[0, 1, 2],
+                                            present_in=lambda ss: {kind: True for kind in protocol.KINDS})
+    sinks = v["prev-token-heads-are-sinks / source_load_bearing, source's 2"]
+    assert sinks.verdict == "partly"
+    assert dict(sinks.without_seed) == {0: "partly", 1: "not reproduced", 2: "partly"}
 
 
 def test_a_head_type_missing_in_one_seed_is_present_without_it():

@@ -21,6 +21,7 @@ from sinklens.provenance import VERDICTS
 from sinklens.scores import attention_kurtosis, column_means
 
 V = TypeVar("V")
+T = TypeVar("T")
 
 #: Why the shared thresholds are what they are (written once; the chapters cite these names).
 THRESHOLD_REASONS = {
@@ -104,6 +105,10 @@ def leave_one_seed_out(decide: Callable[[list[int]], V], seeds: Sequence[int], *
     seeds, the verdict :attr:`~Verdict.rests_on_one_seed`: a retraining that moved that one model
     could change it. With fewer than ``min_seeds`` seeds nothing is recorded.
 
+    Blind spot: under a rule of the form "reproduced = in every seed; not reproduced = in none",
+    leaving a seed out can never overturn "reproduced" or "not reproduced"; mostly "partly" verdicts
+    and rules on means can be flagged. Nor does it see every seed sitting just short of a threshold.
+
     >>> v = leave_one_seed_out(lambda ss: gain_grows([{0: 2.0, 1: 2.0, 2: 1.2}[s] for s in ss]), [0, 1, 2])
     >>> v.verdict, dict(v.without_seed), v.rests_on_one_seed
     ('partly', {0: 'partly', 1: 'partly', 2: 'reproduced'}, True)
@@ -112,6 +117,8 @@ def leave_one_seed_out(decide: Callable[[list[int]], V], seeds: Sequence[int], *
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"Seeds must be distinct, got {seeds}.")
     full = decide(seeds)
+    if not isinstance(full, (Verdict, Mapping)):
+        raise TypeError(f"decide must return a Verdict or a mapping of them, got {type(full).__name__}.")
     if len(seeds) < min_seeds:
         return full
     without = {s: decide([x for x in seeds if x != s]) for s in seeds}
@@ -122,6 +129,26 @@ def leave_one_seed_out(decide: Callable[[list[int]], V], seeds: Sequence[int], *
             raise ValueError("decide must return the same verdict names for every subset of seeds.")
         return {name: replace(v, without_seed={s: without[s][name].verdict for s in seeds}) for name, v in full.items()}
     raise TypeError(f"decide must return a Verdict or a mapping of them, got {type(full).__name__}.")
+
+
+def of_seeds(values: Sequence[T] | Mapping[int, T], seeds: Sequence[int], keep: Sequence[int]) -> list[T]:
+    """The entries of ``values`` that belong to the seeds in ``keep``, in the order of ``seeds``.
+
+    ``values``: one entry per seed of ``seeds``, in that order, or a mapping from seed to entry. The
+    subsetting every :func:`leave_one_seed_out` decision of a chapter does.
+
+    >>> of_seeds([0.1, 0.2, 0.3], [0, 1, 2], [2, 0])
+    [0.1, 0.3]
+    """
+    seeds = list(seeds)
+    if missing := [s for s in keep if s not in seeds]:
+        raise ValueError(f"Seeds {missing} are not among {seeds}.")
+    if isinstance(values, Mapping):
+        return [values[s] for s in seeds if s in keep]
+    values = list(values)
+    if len(values) != len(seeds):
+        raise ValueError(f"Need one value per seed: {len(values)} values for seeds {seeds}.")
+    return [v for s, v in zip(seeds, values) if s in keep]
 
 
 def seed_stability_words(without_seed: Mapping, verdict: str) -> str:
