@@ -451,8 +451,16 @@ for s in zoo_seeds:
     hit = e[e >= 0.5]
     per_seed_onset[s] = int(hit.index.min()) if len(hit) else None
 onsets = [v for v in per_seed_onset.values() if v is not None]
-massive_final = final_by_layer.norm_ratio >= massive_ratio
-first_layer_jump = final_by_layer.index[massive_final].min() if massive_final.any() else None
+
+
+def first_massive_layer(ss: list[int]) -> int | None:
+    """The first layer whose P0 norm ratio at the end of training, mean over seeds ``ss``, is massive."""
+    ratio = final[final.seed.isin(ss)].groupby("layer").norm_ratio.mean()
+    massive = ratio >= massive_ratio
+    return int(ratio.index[massive].min()) if massive.any() else None
+
+
+first_layer_jump = first_massive_layer(list(zoo_seeds))
 display(Markdown(
     f"At the end of training the largest sink metric over layers is {final_by_layer.sink_metric.max():.2f} "
     f"and the largest P0 norm ratio {final_by_layer.norm_ratio.max():.2f}. "
@@ -478,7 +486,8 @@ results.record(
     value={"first_massive_layer": None if first_layer_jump is None else int(first_layer_jump),
            "final_norm_ratio_by_layer": final_by_layer.norm_ratio.tolist(),
            "pretrained_first_massive_layer": jump_layer, "massive_ratio": massive_ratio},
-    verdict=claims.signature_in_first_two_layers(None if first_layer_jump is None else int(first_layer_jump), jump_layer),
+    verdict=claims.leave_one_seed_out(lambda ss: claims.signature_in_first_two_layers(  # without each seed in turn
+        first_massive_layer(ss), jump_layer), list(zoo_seeds)),
     source="arXiv 2603.06591", seeds=list(zoo_seeds),
     model=f"{info.name} + sinklens-zoo-{zoo_size}",
     details=f"massive = P0 residual norm >= {massive_ratio:g}x the other positions' median (chapter 3's definition)",
