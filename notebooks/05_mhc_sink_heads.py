@@ -443,11 +443,14 @@ def overlaps_of(ss: list[int]) -> dict[str, list[float]]:
     return {sch: agree[(agree.scheme == sch) & agree.seed.isin(ss)].overlap.tolist() for sch in SCHEMES}
 
 
-overlaps = overlaps_of(seeds)
-v_agree = claims.leave_one_seed_out(lambda ss: claims.with_sensitivity(
-    claims.pattern_and_ablation_disagree, "max_overlap", overlap_mhc=overlaps_of(ss)["mhc"],
-    overlap_lite=overlaps_of(ss)["mhc-lite"], overlap_residual=overlaps_of(ss)["residual"], max_overlap=0.5,
-    heads_present=present_in(ss)["previous_token"], chance=chance), seeds)
+def agree_verdict(ss: list[int]) -> claims.Verdict:
+    o = overlaps_of(ss)
+    return claims.with_sensitivity(
+        claims.pattern_and_ablation_disagree, "max_overlap", overlap_mhc=o["mhc"], overlap_lite=o["mhc-lite"],
+        overlap_residual=o["residual"], max_overlap=0.5, heads_present=present_in(ss)["previous_token"], chance=chance)
+
+
+v_agree = claims.leave_one_seed_out(agree_verdict, seeds)
 display(Markdown(
     "Mean over seeds, Spearman ρ (previous-token score, ablation effect): "
     + ", ".join(f"{s} {agg.loc[s, 'spearman']:.2f}" for s in SCHEMES)

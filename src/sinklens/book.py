@@ -274,9 +274,9 @@ def write_scorecard(results_dir: Path, output: Path, chapters: list[str] | None 
         legend.append(f"- **{res['chapter']}** ({mode} run): model: {model.get('description') or model.get('name', '–')}; "
                       f"data: {(res.get('data') or '–').rstrip('.')}.")
         for c in res["claims"]:
-            tally = apart if c["verdict"] in NOT_EVIDENCE else counts
-            tally[c["verdict"]] = tally.get(c["verdict"], 0) + 1
             evidence = c["verdict"] not in NOT_EVIDENCE
+            tally = counts if evidence else apart
+            tally[c["verdict"]] = tally.get(c["verdict"], 0) + 1
             fragile = evidence and bool(c.get("rests_on_one_seed"))  # guarantees and self-checks are not marked
             if c.get("without_seed") and evidence:
                 checked += 1
@@ -317,8 +317,7 @@ def write_scorecard(results_dir: Path, output: Path, chapters: list[str] | None 
            + (f": {', '.join(on_one_seed)}." if on_one_seed else ".")
            + " Passing this check does not make a verdict stable: under a rule that asks for every seed, "
              "leaving one out cannot overturn reproduced or not reproduced, nor see every seed sitting close to a "
-             "threshold (the README "
-             "measures how often verdicts changed between retrainings).", ""]
+             "threshold (the README measures how often verdicts changed between retrainings).", ""]
           if checked else []),
         "Model and data of each chapter's run:",
         "",

@@ -124,11 +124,9 @@ def leave_one_seed_out(decide: Callable[[list[int]], V], seeds: Sequence[int], *
     without = {s: decide([x for x in seeds if x != s]) for s in seeds}
     if isinstance(full, Verdict):
         return replace(full, without_seed={s: v.verdict for s, v in without.items()})
-    if isinstance(full, Mapping):
-        if any(set(w) != set(full) for w in without.values()):
-            raise ValueError("decide must return the same verdict names for every subset of seeds.")
-        return {name: replace(v, without_seed={s: without[s][name].verdict for s in seeds}) for name, v in full.items()}
-    raise TypeError(f"decide must return a Verdict or a mapping of them, got {type(full).__name__}.")
+    if any(set(w) != set(full) for w in without.values()):
+        raise ValueError("decide must return the same verdict names for every subset of seeds.")
+    return {name: replace(v, without_seed={s: without[s][name].verdict for s in seeds}) for name, v in full.items()}
 
 
 def of_seeds(values: Sequence[T] | Mapping[int, T], seeds: Sequence[int], keep: Sequence[int]) -> list[T]:
