@@ -571,6 +571,8 @@ display(Markdown(
 # ## Record the results
 
 # %%
+no_induction_heads = (f"no head reaches the induction score {threshold} on the second copy (best "
+                      f"{float(clean_ind.max()):.2f})")
 results = ChapterResults(
     chapter="02_induction_heads",
     model=info.to_dict(),
@@ -606,7 +608,7 @@ results.record(
            "jaccard": jaccard(code_set, ind_set),
            "max_abs_gap_code_vs_clean": float(code_gap.abs().max())},
     verdict=claims.with_sensitivity(claims.same_head_set, "min_jaccard", found=code_set, reference=ind_set, min_jaccard=0.8),
-    source="source blog (code)", seeds=[seed],
+    source="source blog (code)", seeds=[seed], why_not_tested=no_induction_heads,
 )
 results.record(
     "blog-text-formula-is-induction",
@@ -614,7 +616,7 @@ results.record(
     value={"text_heads": sorted(name(*lh) for lh in text_set), "of_which_induction": len(text_set & ind_set),
            "of_which_duplicate_token": len(text_set & dup_set), "jaccard_with_duplicate": jaccard(text_set, dup_set)},
     verdict=claims.with_sensitivity(claims.same_head_set, "min_jaccard", found=text_set, reference=ind_set, min_jaccard=0.8),
-    source="source blog (text)", seeds=[seed],
+    source="source blog (text)", seeds=[seed], why_not_tested=no_induction_heads,
     details="A[i+N, i] is the earlier copy of the same token: a duplicate-token score, off by one from induction",
 )
 results.record(
@@ -627,6 +629,9 @@ results.record(
            "n_sequences": int(comp_tokens.shape[0])},
     verdict=v_compose,
     source="Olsson et al. 2022 (induction circuit)", seeds=seeds,
+    why_not_tested=(f"no induction head (mean score >= {threshold} over {n_seeds} seeds; best {float(ind_mean.max()):.2f})"
+                    if not mean_heads else f"no previous-token head below layer {first_ind_layer}, the lowest induction "
+                    f"head's (previous-token heads: {', '.join(name(*lh) for lh in prev_heads) or 'none'})"),
 )
 results.record(
     "gpt2-known-induction-heads",
@@ -638,6 +643,7 @@ results.record(
            {"model": info.name, "heads_found_here": [name(*lh) for lh in mean_heads]}),
     verdict=gpt2_verdict, source="literature on GPT-2 small", seeds=seeds,
     details="" if info.is_gpt2 else "this run is not on GPT-2; the heads found on this model are listed",
+    why_not_tested=f"this page ran on {info.name}, not GPT-2 small: head numbers do not transfer between models",
 )
 results.record(
     "in-context-loss-second-copy",

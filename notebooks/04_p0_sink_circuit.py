@@ -138,13 +138,13 @@ ax.axvline(to_moved, color="C3", ls=":", label=f"BOS written at position {later_
 ax.set(xlabel=f"mean attention to that position, layers {layers_after.start}-{n_layers - 1}", ylabel="count")
 ax.legend(fontsize=8)
 fig.tight_layout()
-v_position = claims.sink_follows_position(baseline, float(per_token.min()), to_moved)
+v_position = claims.sink_follows_position(baseline, float(per_token.min()), to_moved, has_sink=first_sink_layer is not None)
 display(Markdown(
     f"With BOS at position 0 the later layers pay it {baseline:.2f} of their attention. With an "
     f"ordinary token there instead, they pay position 0 between {per_token.min():.2f} and "
     f"{per_token.max():.2f} (median {per_token.median():.2f}) across {len(ordinary)} different tokens. "
     f"A BOS written at position {later_position} receives {to_moved:.3f}, while position 0 still "
-    f"receives {to_zero_moved:.2f}. **The sink follows the position, not the token: "
+    f"receives {to_zero_moved:.2f}. **Does the sink follow the position, not the token? "
     f"{v_position.verdict}** ({v_position.rule})."
 ))
 results.record(
@@ -155,6 +155,8 @@ results.record(
            "n_tokens": len(ordinary)},
     verdict=v_position,
     source="arXiv 2603.06591", seeds=[seed],
+    why_not_tested=f"no sink: no layer puts half its heads over ε = {epsilon} on position 0 (later layers' "
+                   f"attention to it with BOS there: {baseline:.2f})",
 )
 
 # %% [markdown]
@@ -371,6 +373,8 @@ results.record(
     verdict=v_within,
     source="arXiv 2603.06591", seeds=[seed],
     details="responsible = the component in blocks 0-2 whose zero-ablation at P0 lowers later attention to P0 most",
+    why_not_tested=f"no sink: no layer puts half its heads over ε = {epsilon} on position 0, so there is nothing to collapse "
+                   f"(later layers' attention to position 0: {clean_late:.2f})",
 )
 
 # %% [markdown]
@@ -479,6 +483,8 @@ results.record(
         total_tokens=int(total_tokens), max_share=0.25), list(zoo_seeds)),
     source="arXiv 2603.06591", seeds=list(zoo_seeds), model=f"sinklens-zoo-{zoo_size}",
     details=f"{zoo_size} residual GPT trained by sinklens; onset = sink metric >= 0.5 in some layer",
+    why_not_tested=f"no sink formed in any of seeds {list(zoo_seeds)}: the largest sink metric over layers and "
+                   f"checkpoints is {float(emergence.sink_metric.max()):.2f}, under 0.5",
 )
 results.record(
     "sink-circuit-in-first-two-layers",
@@ -491,6 +497,8 @@ results.record(
     source="arXiv 2603.06591", seeds=list(zoo_seeds),
     model=f"{info.name} + sinklens-zoo-{zoo_size}",
     details=f"massive = P0 residual norm >= {massive_ratio:g}x the other positions' median (chapter 3's definition)",
+    why_not_tested=f"position 0's residual norm is never massive (>= {massive_ratio:g}x the others' median), in {info.name} "
+                   f"or in the trained models (largest ratio at the end of training: {final_by_layer.norm_ratio.max():.1f}x)",
 )
 print(results.save())
 display(Markdown(claims.what_we_found(results.claims)))

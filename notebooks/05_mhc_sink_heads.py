@@ -185,9 +185,9 @@ display(Markdown(
 
 # %%
 formation_inputs = formation.standard_inputs(cfg0, n_seqs=n_seqs, n_probe=formation_n_probe, seed=data_seed)
-formation_rows, decisions = [], {}
+formation_rows, decisions, formations = [], {}, {}
 for (scheme, s), model in models.items():
-    f = formation.measure(model, *formation_inputs)
+    f = formations[scheme, s] = formation.measure(model, *formation_inputs)
     d = decisions[scheme, s] = formation.decide(f)
     prev_l, prev_h = np.unravel_index(int(f.previous_token.argmax()), f.previous_token.shape)
     if d.induction_heads:
@@ -278,6 +278,37 @@ def present_in(ss: list[int]) -> dict[str, bool]:
     dup = best.loc[best.index.get_level_values("seed").isin(ss), "duplicate_token (R+R)"]
     return {"previous_token": all(d.passes["previous_token"] for d in ds), "induction": all(d.passes["induction"] for d in ds),
             "duplicate_token": bool((dup >= min_duplicate_score).all())}
+
+
+def why_absent(*kinds: str, ss: list[int] = seeds) -> str:
+    """Which models of seeds ``ss`` lack each head type of ``kinds`` (:func:`present_in`'s test), and how far
+    their best head got: the measured reason a claim about that type is not tested ('' if none lacks it)."""
+    crit, parts = formation.Criteria(), []
+    for kind in kinds:
+        lacking = {}
+        for (scheme, s), d in decisions.items():
+            if s not in ss:
+                continue
+            f = formations[scheme, s]
+            if kind == "duplicate_token":
+                score = float(best.loc[(scheme, s), "duplicate_token (R+R)"])
+                if score < min_duplicate_score:
+                    lacking[f"{scheme} seed {s}"] = f"{score:.2f}"
+            elif not d.passes[kind]:
+                lacking[f"{scheme} seed {s}"] = (f"best {f.previous_token.max():.2f}" if kind == "previous_token" else
+                                                 f"best score {f.induction_rr.max():.2f}, best screen "
+                                                 f"{f.induction_selectivity.max():.0f}x")
+        if not lacking:
+            continue
+        what = {"previous_token": f"previous-token head (>= {crit.previous_token:g})",
+                "induction": f"confirmed induction head (score >= {crit.induction:g} and screen >= {crit.selectivity:g}x, "
+                             "above a previous-token head)",
+                "duplicate_token": f"duplicate-token head (>= {min_duplicate_score:g} on BOS + R + R)"}[kind]
+        n_models = sum(s in ss for _, s in decisions)
+        which = ("; ".join(f"{m}: {v}" for m, v in lacking.items()) if len(lacking) <= 4 else
+                 f"best per model {min(lacking.values())} to {max(lacking.values())}")
+        parts.append(f"{len(lacking)} of {n_models} models {'has' if len(lacking) == 1 else 'have'} no {what}: {which}")
+    return "; ".join(parts)
 
 
 present = present_in(seeds)
@@ -397,7 +428,11 @@ results.record(
            "original_normalised": {k: orig[k] for k in ("previous_token", "induction")},
            "heads_present": {k: present[k] for k in ("previous_token", "induction")}, "top_k": top_k, "n_layers": n_layers},
     verdict=combined, source="MHC Interp #1 (github.com/Realmbird/mhc-interp)", seeds=list(seeds),
-    details=f"previous-token: {v_prev.verdict}; induction: {v_ind.verdict}. Depth = (layer + 0.5) / n_layers; {n_layers}-layer models",
+    details=f"previous-token: {v_prev.verdict}; induction: {v_ind.verdict}. "
+            + (f"Not tested, because {why_absent('previous_token', 'induction')}. "
+               if not (present["previous_token"] and present["induction"]) else "")
+            + f"Depth = (layer + 0.5) / n_layers; {n_layers}-layer models",
+    why_not_tested=why_absent("previous_token", "induction"),
 )
 results.record(
     "duplicate-heads-later",
@@ -406,6 +441,7 @@ results.record(
            "variant_minus_residual_per_seed": shift("duplicate_token", later=True),
            "original_normalised": orig["duplicate_token"], "heads_present": present["duplicate_token"]},
     verdict=v_dup, source="MHC Interp #1 (medians of its layer_distribution_top20.csv)", seeds=list(seeds),
+    why_not_tested=why_absent("duplicate_token"),
 )
 
 # %% [markdown]
@@ -466,6 +502,7 @@ results.record(
            "per_seed": agree[["scheme", "seed", "spearman", "overlap"]].to_dict("records")},
     verdict=v_agree, source="MHC Interp #1", seeds=list(seeds),
     details=f"ablation = total effect of zeroing hook_z ({ablation_mode}) on {n_seqs} held-out windows",
+    why_not_tested=why_absent("previous_token"),
 )
 
 # %% [markdown]
@@ -557,6 +594,7 @@ results.record(
            "mhc_per_seed": {"load_bearing": lb_m.tolist(), "pattern_top": pt_m.tolist()},
            "original": ha.MHC_INTERP_VERTICALITY},
     verdict=v_vert, source="MHC Interp #1 (verticality_figure.py)", seeds=list(seeds),
+    why_not_tested=why_absent("previous_token"),
     details="verticality of the head-averaged pattern, column means over all rows (mhc-interp's definition); "
             "load-bearing = the previous-token heads with the largest total ablation effects (the original: by "
             "indirect effect)",
@@ -644,6 +682,8 @@ results.record(
     value={"share_per_seed": p0_share, "source": claims.MHC_INTERP_POSITION0_SHARE},
     verdict=v_p0, source="MHC Interp #1 (its saved attention arrays)", seeds=list(seeds),
     details=f"{n_seqs} held-out text windows of {mcfg.n_ctx} tokens; our {n_layers}-layer models, not the source's 36-layer ones",
+    why_not_tested=f"no head of any residual model puts more than half its attention on position 0 (shares per seed: "
+                   f"{', '.join(f'{x:.0%}' for x in p0_share['residual'])})",
 )
 
 # %% [markdown]
@@ -687,6 +727,7 @@ plt.show()
 hc_max = max(gain_train_max["hc"])
 mhc_max = max(gain_train_max["mhc"] + gain_final["mhc"])
 lite_max = max(gain_train_max["mhc-lite"] + gain_final["mhc-lite"])
+gain_bounds = claims.gain_bounded_by_construction.__kwdefaults__  # the rule's tolerances, quoted in the text below
 hc_per_seed = [max(gain_train_max["hc"][i], gain_final["hc"][i]) for i in range(len(seeds))]
 # A doubly stochastic product has gain 1: mHC's bound is a guarantee of the method ("by construction",
 # not evidence) unless Sinkhorn's approximation broke it. HC's growth is the measured part (its own claim).
@@ -705,9 +746,13 @@ display(Markdown(
     f"thousands on a much deeper model (Xie et al. 2025). "
     + ("mHC's bound is a property of doubly stochastic matrices, so it is listed as a guarantee, not as evidence."
        if v_amax.verdict == "by construction" else
-       f"mHC's bound would be a guarantee of doubly stochastic matrices, but {mcfg.sinkhorn_iters} Sinkhorn iterations leave some "
-       f"`H_res` far from doubly stochastic (largest deviation {max(float(doubly_stochastic_error(h)) for s in seeds for h in per_model['mhc', s]['h_res']):.2f}, "
-       "Section 7), and the composite gain with it: the guarantee does not hold in these trained models.")
+       "The bound would be a guarantee of doubly stochastic matrices, but it is broken here: "
+       + "; ".join(f"{name}'s largest gain {gain:.4f} against the rule's {bound:g}" for name, gain, bound in
+                   (("mHC", mhc_max, gain_bounds["mhc_tolerance"]), ("mHC-lite", lite_max, gain_bounds["lite_tolerance"]))
+                   if gain >= bound)
+       + f". mHC's `H_res` after {mcfg.sinkhorn_iters} Sinkhorn iterations deviate from doubly stochastic by up to "
+       f"{max(float(doubly_stochastic_error(h)) for s in seeds for h in per_model['mhc', s]['h_res']):.2f} (Section 7); "
+       "the next subsection reruns the trained models with more iterations, to see whether that is the cause.")
 ))
 results.record(
     "mhc-bounds-amax-gain",
@@ -841,6 +886,7 @@ results.record(
            "same_head_layout": same_layout},
     verdict=v_lite, source="MHC Interp #1; Yang & Gao 2026 (arXiv 2601.05732)", seeds=list(seeds),
     details=f"mHC-lite's exactness (deviation < 1e-5: {exact}) holds by construction and is not counted",
+    why_not_tested=f"{len(seeds)} seed per scheme: no seed-to-seed spread to measure the loss difference against",
 )
 
 # %% [markdown]
@@ -1077,20 +1123,20 @@ results.record(
     "source-protocol-mhc-heads-earlier",
     "Measured the source's way (its prompts, top-k fraction and mixed ranking), previous-token and induction heads sit earlier under mHC",
     value={"shift_per_seed": pv["shifts"]["source"]}, verdict=pv["verdicts"]["mhc-heads-earlier / source"],
-    source="MHC Interp #1 (head_finder.py)", seeds=list(seeds),
+    source="MHC Interp #1 (head_finder.py)", seeds=list(seeds), why_not_tested=why_absent("previous_token", "induction"),
 )
 results.record(
     "source-protocol-duplicate-heads-later",
     "Measured the source's way, duplicate-token heads sit later under mHC",
     value={"shift_per_seed": pv["shifts"]["source"]["duplicate_token"]}, verdict=pv["verdicts"]["duplicate-heads-later / source"],
-    source="MHC Interp #1 (head_finder.py)", seeds=list(seeds),
+    source="MHC Interp #1 (head_finder.py)", seeds=list(seeds), why_not_tested=why_absent("duplicate_token"),
 )
 results.record(
     "source-protocol-prev-token-heads-are-sinks",
     "Measured and decided the source's way (its load-bearing heads, its sentence, verticality > 2), mHC's load-bearing heads are sink-like",
     value={"verticality_mhc_per_seed": mhc_v["source_load_bearing"], "source": ha.MHC_INTERP_VERTICALITY},
     verdict=sink_verdicts["prev-token-heads-are-sinks / source_load_bearing, source's 2"],
-    source="MHC Interp #1 (verticality_figure.py)", seeds=list(seeds),
+    source="MHC Interp #1 (verticality_figure.py)", seeds=list(seeds), why_not_tested=why_absent("previous_token"),
 )
 lite_v = sinks[(sinks.scheme == "mhc-lite") & (sinks.group == "source_load_bearing")].verticality.tolist()
 results.record(
@@ -1099,7 +1145,7 @@ results.record(
     value={"verticality_mhc_lite_per_seed": lite_v, "source": ha.MHC_INTERP_VERTICALITY_LITE, "uniform": h_T,
            "against_uniform": sink_verdicts[f"prev-token-heads-are-sinks (mhc-lite) / source_load_bearing, uniform H_{T_sentence}"].verdict},
     verdict=sink_verdicts["prev-token-heads-are-sinks (mhc-lite) / source_load_bearing, source's 2"],
-    source="MHC Interp #1 (verticality_figure.py)", seeds=list(seeds),
+    source="MHC Interp #1 (verticality_figure.py)", seeds=list(seeds), why_not_tested=why_absent("previous_token"),
 )
 results.record(
     "source-protocol-sinks-against-uniform",
@@ -1107,6 +1153,7 @@ results.record(
     value={"verticality_mhc_per_seed": mhc_v["source_load_bearing"], "uniform": h_T, "length": T_sentence},
     verdict=sink_verdicts[f"prev-token-heads-are-sinks / source_load_bearing, uniform H_{T_sentence}"],
     source="MHC Interp #1 (verticality_figure.py); threshold: uniform causal attention", seeds=list(seeds),
+    why_not_tested=why_absent("previous_token"),
 )
 results.record(
     "kurtosis-of-load-bearing-heads",
@@ -1157,6 +1204,7 @@ results.record(
            "mhc_heads_earlier": {r: pv_bos["verdicts"][f"mhc-heads-earlier / {r}"].verdict for r in protocol.RANKINGS}},
     verdict=pv_bos["verdicts"][bos_key("source's 2")],
     source="MHC Interp #1 (verticality_figure.py); control: our BOS at position 0", seeds=list(seeds),
+    why_not_tested=why_absent("previous_token"),
 );
 
 # %% [markdown]
@@ -1199,10 +1247,14 @@ fig.tight_layout()
 plt.show()
 v_split = claims.direct_split_by_construction(np.abs(np.stack([m.source_direct for m in source_meas.values()])).max(0))
 display(Markdown(
-    f"The source's split gives a direct effect of exactly 0 for every head below the last layer, in all "
-    f"{len(source_meas)} models (largest: {split.source_direct_max_below_last.max():.1g}): **{v_split.verdict}**. Its "
-    "'indirect effect' is therefore the total ablation effect, and 'top 5 by indirect effect' means 'top 5 by "
-    "ablation'. The source's own saved `path_patch.csv` shows the same: direct = 0.0 for every head of "
+    (f"The source's split gives a direct effect of exactly 0 for every head below the last layer, in all "
+     f"{len(source_meas)} models (largest: {split.source_direct_max_below_last.max():.1g}): **{v_split.verdict}**. Its "
+     "'indirect effect' is therefore the total ablation effect, and 'top 5 by indirect effect' means 'top 5 by "
+     "ablation'. " if v_split.verdict == "by construction" else
+     f"The source's split gives a direct effect of up to {split.source_direct_max_below_last.max():.2g} below the last "
+     f"layer in our models, not the 0 its construction implies: **{v_split.verdict}**; check the freeze before reading "
+     "its 'indirect effect' as the total. ")
+    + "The source's own saved `path_patch.csv` (read by hand, not by this page) has direct = 0.0 for every head of "
     "layers 0-34 of its 36 (results/heads/prev_token/mhc/path_patch.csv in github.com/Realmbird/mhc-interp). With our split, the previous-token heads' summed effect under "
     "mHC is " + ", ".join(f"{r.total:+.3f} (direct {r.direct:+.3f})" for r in split[split.scheme == 'mhc'].itertuples())
     + " per seed."

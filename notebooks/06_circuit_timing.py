@@ -392,6 +392,8 @@ results.record(
            "n_layers": n_layers, "per_run": per_run(trans.bos_heads_layers_0_1)},
     verdict=v_layers, source="arXiv 2606.02378", seeds=seeds_all,
     details=f"{zoo_size} zoo, schemes {schemes}; class threshold {classify_threshold}x",
+    why_not_tested=f"no head of any run is classified BOS-attractor (>= {classify_threshold:g}x) at any checkpoint "
+                   f"(best BOS selectivity at the end: {float(best['bos']):.1f}x)",
 )
 
 both = trans.dropna(subset=["induction_tokens", "bos50_tokens"])
@@ -425,6 +427,9 @@ results.record(
     verdict=v_order, source="arXiv 2606.02378", seeds=seeds_all,
     details=f"induction = first checkpoint with >= {induction_min_heads} heads at >= {induction_threshold}x "
             f"(paper: 3 heads; our models have {n_layers * n_heads} heads)",
+    why_not_tested=f"no run has both: a head passed the induction screen (>= {induction_threshold:g}x) in {n_ind} of "
+                   f"{len(trans)} runs, the BOS-attractor fraction "
+                   f"reached {bos_fraction_threshold:.0%} in {n_bos50} (highest: {float(trans.max_bos_fraction.max()):.0%})",
 )
 
 rises = trans.dropna(subset=["jump_share"])
@@ -450,6 +455,8 @@ results.record(
     verdict=v_shape,
     source="arXiv 2606.02378", seeds=seeds_all,
     details=f"sudden = largest adjacent rise >= {sudden_share:.0%} of the total rise; needs a BOS fraction that rises",
+    why_not_tested=f"the BOS-attractor fraction never rises far enough to have a shape: at most "
+                   f"{float(trans.max_bos_fraction.max()):.0%} of the heads, in {len(rises)} runs that rise at all",
 )
 _ = results.record(
     "capability-screen-converges-early",

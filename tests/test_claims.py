@@ -75,6 +75,30 @@ def test_a_verdict_must_be_legal_and_record_refuses_bare_strings(tmp_path):
     assert text.startswith("## What we found") and "**reproduced**: claim b" in text and "0.5x / 2x" in text
 
 
+def test_a_claim_not_tested_must_say_why_in_measured_terms():
+    from sinklens.provenance import ChapterResults
+
+    res = ChapterResults(chapter="99_x")
+    absent = claims.layer_shift({}, heads_present=False)  # a rule's "not tested here" knows no model
+    with pytest.raises(ValueError, match="says not why: pass why_not_tested"):
+        res.record("a", "claim a", value=1, verdict=absent)
+    with pytest.raises(ValueError, match="says not why"):
+        res.record("a", "claim a", value=1, verdict=absent, why_not_tested="  ")
+    entry = res.record("a", "claim a", value=1, verdict=absent,
+                       why_not_tested="no duplicate-token head in residual seed 0 (best score 0.12 < 0.4)")
+    assert entry["why_not_tested"].startswith("no duplicate-token head in residual seed 0")
+    stated = res.record("b", "claim b", value=None, verdict=claims.not_tested("the screen is not implemented"))
+    assert stated["why_not_tested"] == "the screen is not implemented"  # not_tested's reason is the why
+    tested = res.record("c", "claim c", value=1, verdict=claims.layer_shift({"mhc": [0.1]}, heads_present=True),
+                        why_not_tested="only read when the verdict is not tested here")
+    assert tested["verdict"] == "reproduced" and "why_not_tested" not in tested
+    with pytest.raises(ValueError, match="needs its reason"):
+        claims.not_tested("")
+    text = claims.what_we_found(res.claims)
+    assert "*Why not tested:* no duplicate-token head in residual seed 0 (best score 0.12 < 0.4). *Rule:*" in text
+    assert "Why not tested" not in [line for line in text.splitlines() if "claim b" in line][0]  # the rule says it
+
+
 # --- leaving out one seed ---------------------------------------------------------------------------
 
 HC_GAIN = {0: 2.0, 1: 2.0, 2: 1.2, 3: 1.8}  # per seed; seed 2 alone stays under gain_grows' 1.5
@@ -263,6 +287,7 @@ def test_sink_follows_position():
     assert claims.sink_follows_position(0.8, 0.2, 0.01).verdict == "not reproduced"
     assert claims.sink_follows_position(0.8, 0.6, 0.5).verdict == "not reproduced"
     assert claims.sink_follows_position(0.0, 0.0, 0.0).verdict == "not tested here"
+    assert claims.sink_follows_position(0.8, 0.6, 0.01, has_sink=False).verdict == "not tested here"  # no layer has a sink
 
 
 CLEAN = 0.8
@@ -287,6 +312,9 @@ def test_emergence_rules():
     assert claims.sink_emerges_early({0: 10, 1: 80}, 100).verdict == "partly"
     assert claims.sink_emerges_early({0: 10, 1: None}, 100).verdict == "partly"
     assert claims.sink_emerges_early({0: None}, 100).verdict == "not tested here"
+    # a sink that forms only late in every seed refutes "early" (before, the rule could only say partly)
+    assert claims.sink_emerges_early({0: 70, 1: 70, 2: 90}, 100).verdict == "not reproduced"
+    assert claims.sink_emerges_early({0: 70, 1: None}, 100).verdict == "not reproduced"
     assert claims.signature_in_first_two_layers(1, 0).verdict == "reproduced"
     assert claims.signature_in_first_two_layers(None, 1).verdict == "partly"
     assert claims.signature_in_first_two_layers(3, 4).verdict == "not reproduced"

@@ -154,6 +154,11 @@ def test_scorecard_counts_evidence_apart_from_guarantees_and_shows_rule_mode_and
     assert "Not the book's run" not in text
     row_d = [line for line in text.splitlines() if "claim d" in line][0]
     assert "| rule d | book | sinklens-zoo-small |" in row_d
+    claims[3]["why_not_tested"] = "no sink head in any model (best 0.21 < 0.5)"
+    (tmp_path / "01_x.json").write_text(json.dumps({"chapter": "01_x", "run_mode": "book", "claims": claims}))
+    row_d = [line for line in book.write_scorecard(tmp_path, tmp_path / "sc.md", chapters=["01_x"]).read_text()
+             .splitlines() if "claim d" in line][0]
+    assert "| Why not tested: no sink head in any model (best 0.21 < 0.5). rule d | book |" in row_d
     (tmp_path / "01_x.json").write_text(json.dumps({"chapter": "01_x", "run_mode": "ci", "claims": claims}))
     assert "Not the book's run" in book.write_scorecard(tmp_path, tmp_path / "sc.md", chapters=["01_x"]).read_text()
 

@@ -32,19 +32,23 @@ THRESHOLD_REASONS = {
     "value_drain": "0.5: position 0's value norm at most half the other positions' median (Guo et al.'s drain)",
     "massive_ratio": "10 x the other positions' median (sinklens.circuits.MASSIVE_RATIO; Sun et al. 2024 report 100s-1000s)",
     "loss_ratio": "0.5: the second copy's loss at most half the first copy's (formation criteria, issue 15)",
+    "early_share": "0.25: 'early' read as within the first quarter of training (the source gives no number; "
+                   "its 0.5x / 2x verdicts are shown)",
 }
 
 
 @dataclass(frozen=True)
 class Verdict:
     """A claim's verdict, the rule that produced it in words, (where the rule has a threshold) the
-    verdicts the same rule gives at half and at twice that threshold, and (where the claim rests on
-    several seeds) the verdict with each seed left out (:func:`leave_one_seed_out`)."""
+    verdicts the same rule gives at half and at twice that threshold, (where the claim rests on
+    several seeds) the verdict with each seed left out (:func:`leave_one_seed_out`), and (for
+    :func:`not_tested`) the reason the claim is not tested."""
 
     verdict: str
     rule: str
     sensitivity: Mapping[str, str] = field(default_factory=dict)
     without_seed: Mapping[int, str] = field(default_factory=dict)
+    reason: str = ""
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
@@ -63,7 +67,9 @@ def measured(rule: str) -> Verdict:
 
 def not_tested(reason: str) -> Verdict:
     """A claim this book does not test, with the measured or stated reason."""
-    return Verdict("not tested here", reason)
+    if not reason.strip():
+        raise ValueError("A claim that is not tested needs its reason.")
+    return Verdict("not tested here", reason, reason=reason)
 
 
 def with_sensitivity(rule: Callable[..., Verdict], vary: str, /, *, floor: float | None = None, **kwargs) -> Verdict:
@@ -412,16 +418,18 @@ def residual_peak_massive(norm_ratio_by_layer, induction_layers: Sequence[int], 
 # --- chapter 4: the P0 sink circuit -------------------------------------------------------------
 
 def sink_follows_position(attention_with_bos: float, ordinary_first_min: float, bos_moved: float,
-                          *, keep: float = 0.5, moved_max: float = 0.25) -> Verdict:
+                          *, keep: float = 0.5, moved_max: float = 0.25, has_sink: bool = True) -> Verdict:
     """Claim: the sink belongs to position 0, not to the BOS token.
 
     Attention to position 0 with BOS there; the least attention position 0 keeps with an ordinary
-    token there instead; the attention a BOS written at a later position receives.
+    token there instead; the attention a BOS written at a later position receives. ``has_sink``:
+    some layer of the model has a sink at all (attention is never exactly 0, so without this the
+    claim would be decided on layers that have no sink).
     """
     rule = (f"reproduced = every ordinary first token keeps > {keep:g} x the BOS's attention and a BOS at a later "
-            f"position gets < {moved_max:g} x it; not reproduced otherwise; not tested here = no attention to "
-            "position 0 to begin with")
-    if attention_with_bos <= 0:
+            f"position gets < {moved_max:g} x it; not reproduced otherwise; not tested here = no sink at position 0 "
+            "to begin with")
+    if not has_sink or attention_with_bos <= 0:
         return Verdict("not tested here", rule)
     ok = ordinary_first_min > keep * attention_with_bos and bos_moved < moved_max * attention_with_bos
     return Verdict("reproduced" if ok else "not reproduced", rule)
@@ -456,13 +464,16 @@ def recognised_within_two_blocks(clean: float, zero_ablated: float, mean_ablated
 
 def sink_emerges_early(onset_tokens: Mapping[int, int | None], total_tokens: int, *, max_share: float = 0.25) -> Verdict:
     """Claim: the sink emerges early in training. ``onset_tokens`` per seed (None: never formed)."""
-    rule = (f"reproduced = a sink forms within the first {max_share:.0%} of training in every seed; partly = it forms, "
-            "later or not in every seed; not tested here = no sink forms in any seed")
+    rule = (f"reproduced = a sink forms within the first {max_share:.0%} of training in every seed "
+            f"({THRESHOLD_REASONS['early_share'].split(': ', 1)[1]}); partly = in some seed; not reproduced = it "
+            "forms only later, or not at all, in every seed; not tested here = no sink forms in any seed")
     onsets = [v for v in onset_tokens.values() if v is not None]
     if not onsets:
         return Verdict("not tested here", rule)
-    early = len(onsets) == len(onset_tokens) and max(onsets) <= max_share * total_tokens
-    return Verdict("reproduced" if early else "partly", rule)
+    early = [v <= max_share * total_tokens for v in onsets]
+    if len(onsets) == len(onset_tokens) and all(early):
+        return Verdict("reproduced", rule)
+    return Verdict("partly" if any(early) else "not reproduced", rule)
 
 
 def signature_in_first_two_layers(first_massive_trained: int | None, first_massive_pretrained: int | None,
@@ -605,7 +616,9 @@ def what_we_found(claims: Sequence[Mapping]) -> str:
         extra = f" At 0.5x / 2x the threshold: {sens.get('0.5x')} / {sens.get('2x')}." if sens else ""
         stability = seed_stability_words(c.get("without_seed") or {}, c["verdict"])
         extra += f" Leaving out one seed: {stability}." if stability else ""
-        lines.append(f"- **{c['verdict']}**: {c['claim']}. *Rule:* {c.get('rule') or c.get('details') or '–'}.{extra}")
+        stated = c.get("why_not_tested") if c.get("why_not_tested") not in (None, "", c.get("rule")) else ""
+        why = f" *Why not tested:* {stated.rstrip('.')}." if stated else ""
+        lines.append(f"- **{c['verdict']}**: {c['claim']}.{why} *Rule:* {c.get('rule') or c.get('details') or '–'}.{extra}")
     return "\n".join(lines)
 
 

@@ -78,6 +78,7 @@ class ChapterResults:
         seeds: list[int] | None = None,
         details: str = "",
         model: str | None = None,
+        why_not_tested: str = "",
     ) -> dict:
         """Add one claim with its measured value and the :class:`sinklens.claims.Verdict` a rule computed.
 
@@ -85,6 +86,11 @@ class ChapterResults:
         chapter assigns a verdict itself. Its rule is stored as ``rule``, its 0.5x / 2x threshold
         verdicts as ``sensitivity``, its verdicts with each seed left out (if checked) as ``without_seed``
         and ``rests_on_one_seed``; ``details`` adds context.
+
+        A verdict of "not tested here" must say why, in what was measured (which model lacks the
+        head type, how far the best score got): ``why_not_tested``, or the reason given to
+        :func:`sinklens.claims.not_tested`. It is stored as ``why_not_tested``, and only for such a
+        verdict, so a chapter may pass it whatever the verdict turns out to be.
         """
         from sinklens.claims import Verdict  # here: sinklens.claims imports VERDICTS from this module
 
@@ -92,6 +98,12 @@ class ChapterResults:
             raise TypeError(f"claim {claim_id!r}: verdict must be a sinklens.claims.Verdict from a rule, got {verdict!r}.")
         if any(c["id"] == claim_id for c in self.claims):
             raise ValueError(f"claim {claim_id!r} recorded twice in chapter {self.chapter!r}.")
+        why = (why_not_tested or verdict.reason).strip()
+        if verdict.verdict == "not tested here" and not why:
+            raise ValueError(
+                f"claim {claim_id!r} is not tested here but says not why: pass why_not_tested, the measured reason "
+                "(e.g. which models lack the head type and how far their best score got)."
+            )
         entry = {
             "id": claim_id, "claim": claim, "source": source, "value": _jsonable(value),
             "verdict": verdict.verdict, "rule": verdict.rule, "sensitivity": dict(verdict.sensitivity),
@@ -100,6 +112,8 @@ class ChapterResults:
         if verdict.without_seed:  # the leave-one-seed-out check (sinklens.claims.leave_one_seed_out)
             entry["without_seed"] = {str(s): v for s, v in verdict.without_seed.items()}
             entry["rests_on_one_seed"] = verdict.rests_on_one_seed
+        if verdict.verdict == "not tested here":
+            entry["why_not_tested"] = why
         if model is not None:  # the claim is about another model than the chapter's (e.g. our trained zoo)
             entry["model"] = model
         self.claims.append(entry)
