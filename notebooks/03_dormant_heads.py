@@ -453,7 +453,9 @@ orig = rows[0]["attention to position 0 (mean over heads)"]
 edited = rows[1:]
 kept = min(r["attention to position 0 (mean over heads)"] for r in edited) / orig
 moved = rows[-1]
-stays = kept >= 0.5 and moved["attention to the moved BOS"] < 0.5 * moved["attention to position 0, same queries"]
+stays = claims.sink_stays_at_position_0(  # the rule, tested in tests/test_claims.py
+    orig, min(r["attention to position 0 (mean over heads)"] for r in edited), moved["attention to the moved BOS"],
+    moved["attention to position 0, same queries"])
 answer = ("position 0: the sink stays at the first position whatever token is there, and the BOS elsewhere "
           "does not attract it" if stays else
           "not simply position 0: editing the first token moves or weakens the sink")

@@ -282,6 +282,15 @@ def test_value_drain_and_residual_norm_rules():
 
 # --- chapter 4 -------------------------------------------------------------------------------------
 
+def test_chapter_3s_first_look_at_where_the_sink_sits():
+    assert claims.sink_stays_at_position_0(0.8, 0.5, 0.01, 0.7)  # kept 62%, moved BOS draws little
+    assert not claims.sink_stays_at_position_0(0.8, 0.3, 0.01, 0.7)  # an ordinary first token loses the sink
+    assert not claims.sink_stays_at_position_0(0.8, 0.6, 0.4, 0.7)  # the moved BOS takes it along
+    assert claims.sink_stays_at_position_0(0.8, 0.4, 0.0, 0.7)  # exactly half kept counts as kept
+    with pytest.raises(ValueError, match="positive attention"):
+        claims.sink_stays_at_position_0(0.0, 0.0, 0.0, 0.0)
+
+
 def test_sink_follows_position():
     assert claims.sink_follows_position(0.8, 0.6, 0.01).verdict == "reproduced"
     assert claims.sink_follows_position(0.8, 0.2, 0.01).verdict == "not reproduced"

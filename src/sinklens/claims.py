@@ -415,6 +415,21 @@ def residual_peak_massive(norm_ratio_by_layer, induction_layers: Sequence[int], 
     return Verdict("partly" if massive else "not reproduced", rule)
 
 
+def sink_stays_at_position_0(with_bos: float, ordinary_first_min: float, to_moved_bos: float,
+                             to_position_0_same_queries: float, *, keep: float = 0.5, moved_max: float = 0.5) -> bool:
+    """Chapter 3's first look (chapter 4 tests it): does the sink belong to position 0 rather than the BOS?
+
+    ``with_bos``: the heads' attention to position 0 with the BOS there; ``ordinary_first_min``: the
+    least of it with an ordinary token there instead; ``to_moved_bos``: the attention a BOS written at
+    a later position receives, against ``to_position_0_same_queries``, what position 0 receives from
+    those queries. True when every edit keeps >= ``keep`` of the attention (the 'collapse' line of
+    :data:`THRESHOLD_REASONS`: it did not lose half) and the moved BOS draws < ``moved_max`` x position 0's.
+    """
+    if with_bos <= 0 or to_position_0_same_queries < 0:
+        raise ValueError(f"Need positive attention to position 0 with the BOS there, got {with_bos}.")
+    return ordinary_first_min >= keep * with_bos and to_moved_bos < moved_max * to_position_0_same_queries
+
+
 # --- chapter 4: the P0 sink circuit -------------------------------------------------------------
 
 def sink_follows_position(attention_with_bos: float, ordinary_first_min: float, bos_moved: float,
