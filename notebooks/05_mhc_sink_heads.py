@@ -403,6 +403,7 @@ v_dup = claims.leave_one_seed_out(lambda ss: shift_verdict("duplicate_token", la
 combined = claims.leave_one_seed_out(
     lambda ss: claims.both_head_types(shift_verdict("previous_token", ss=ss), shift_verdict("induction", ss=ss)), seeds)
 mean_depth = medians.groupby(["kind", "scheme"]).median_depth.mean()
+orig_shift = {k: abs(d["mhc"] - d["residual"]) for k, d in orig.items()}  # the source's residual -> mHC shift
 
 
 def depth_sentence(kind: str) -> str:
@@ -417,8 +418,10 @@ display(Markdown(
     f"Duplicate-token: {depth_sentence('duplicate_token')}; the original {orig['duplicate_token']['residual']:.2f} / "
     f"{orig['duplicate_token']['mhc']:.2f} / {orig['duplicate_token']['mhc-lite']:.2f}. "
     f"**Claim 1 (earlier under mHC): {combined.verdict}** (previous-token: {v_prev.verdict}; induction: {v_ind.verdict}). "
-    f"**Claim 3 (duplicate-token heads later): {v_dup.verdict}.** The original's shift, 0.25 of depth, is "
-    f"{0.25 * n_layers:.1f} layers of these {n_layers}-layer models: one layer is the smallest shift they can show."
+    f"**Claim 3 (duplicate-token heads later): {v_dup.verdict}.** The original's shifts under mHC ("
+    + ", ".join(f"{k.replace('_', '-')} {v:.2f}" for k, v in orig_shift.items()) + " of depth) are "
+    + ", ".join(f"{v * n_layers:.1f}" for v in orig_shift.values())
+    + f" layers of these {n_layers}-layer models: one layer is the smallest shift they can show."
 ))
 results.record(
     "mhc-heads-earlier",
