@@ -451,17 +451,17 @@ plt.show()
 
 orig = rows[0]["attention to position 0 (mean over heads)"]
 edited = rows[1:]
-kept = min(r["attention to position 0 (mean over heads)"] for r in edited) / orig
+edited_min = min(r["attention to position 0 (mean over heads)"] for r in edited)
+kept = edited_min / orig
 moved = rows[-1]
 stays = claims.sink_stays_at_position_0(  # the rule, tested in tests/test_claims.py
-    orig, min(r["attention to position 0 (mean over heads)"] for r in edited), moved["attention to the moved BOS"],
-    moved["attention to position 0, same queries"])
+    orig, edited_min, moved["attention to the moved BOS"], moved["attention to position 0, same queries"])
 answer = ("position 0: the sink stays at the first position whatever token is there, and the BOS elsewhere "
           "does not attract it" if stays else
           "not simply position 0: editing the first token moves or weakens the sink")
 display(Markdown(
     f"With the BOS at position 0 the induction heads put {orig:.2f} of their attention there. With an "
-    f"ordinary token at position 0 they still put {min(r['attention to position 0 (mean over heads)'] for r in edited):.2f}-"
+    f"ordinary token at position 0 they still put {edited_min:.2f}-"
     f"{max(r['attention to position 0 (mean over heads)'] for r in edited):.2f} there ({kept:.0%} of the original "
     f"at worst). The BOS moved to position {move_bos_to} receives {moved['attention to the moved BOS']:.2f} from the "
     f"queries after it, against {moved['attention to position 0, same queries']:.2f} for position 0 from the same "

@@ -269,45 +269,49 @@ display(best.groupby("scheme").agg(["mean", "min", "max"]).reindex(SCHEMES).styl
 uniform_prev = float(np.mean([1 / (q + 1) for q in range(1, mcfg.n_ctx)]))
 
 
+def lacking(kind: str, ss: list[int]) -> dict[str, tuple[float, str]]:
+    """The models of seeds ``ss`` without a head of type ``kind`` by the formation criteria of Section 1b
+    (induction: confirmed heads only; duplicate-token: best score >= ``min_duplicate_score``), each with
+    its best score and how far its best head got in words."""
+    out = {}
+    for (scheme, s), d in decisions.items():
+        if s not in ss:
+            continue
+        f = formations[scheme, s]
+        if kind == "duplicate_token":
+            score = float(best.loc[(scheme, s), "duplicate_token (R+R)"])
+            if score < min_duplicate_score:
+                out[f"{scheme} seed {s}"] = (score, f"{score:.2f}")
+        elif not d.passes[kind]:
+            score = float(f.previous_token.max() if kind == "previous_token" else f.induction_rr.max())
+            out[f"{scheme} seed {s}"] = (score, f"best {score:.2f}" if kind == "previous_token" else
+                                         f"best score {score:.2f}, best screen {f.induction_selectivity.max():.0f}x")
+    return out
+
+
 def present_in(ss: list[int]) -> dict[str, bool]:
-    """Whether every model of seeds ``ss`` has each head type, by the formation criteria of Section 1b
-    (induction: confirmed heads only). A claim about a head type is decided on the seeds it is given,
-    so leaving a seed out (see 'Which verdicts one seed decides') also asks whether the type is
-    present without it."""
-    ds = [d for (_, s), d in decisions.items() if s in ss]
-    dup = best.loc[best.index.get_level_values("seed").isin(ss), "duplicate_token (R+R)"]
-    return {"previous_token": all(d.passes["previous_token"] for d in ds), "induction": all(d.passes["induction"] for d in ds),
-            "duplicate_token": bool((dup >= min_duplicate_score).all())}
+    """Whether every model of seeds ``ss`` has each head type (:func:`lacking` is empty). A claim about a
+    head type is decided on the seeds it is given, so leaving a seed out (see 'Which verdicts one seed
+    decides') also asks whether the type is present without it."""
+    return {kind: not lacking(kind, ss) for kind in ("previous_token", "induction", "duplicate_token")}
 
 
 def why_absent(*kinds: str, ss: list[int] = seeds) -> str:
-    """Which models of seeds ``ss`` lack each head type of ``kinds`` (:func:`present_in`'s test), and how far
-    their best head got: the measured reason a claim about that type is not tested ('' if none lacks it)."""
+    """Which models of seeds ``ss`` lack each head type of ``kinds``, and how far their best head got: the
+    measured reason a claim about that type is not tested ('' if none lacks it)."""
     crit, parts = formation.Criteria(), []
+    n_models = sum(s in ss for _, s in decisions)
     for kind in kinds:
-        lacking = {}
-        for (scheme, s), d in decisions.items():
-            if s not in ss:
-                continue
-            f = formations[scheme, s]
-            if kind == "duplicate_token":
-                score = float(best.loc[(scheme, s), "duplicate_token (R+R)"])
-                if score < min_duplicate_score:
-                    lacking[f"{scheme} seed {s}"] = f"{score:.2f}"
-            elif not d.passes[kind]:
-                lacking[f"{scheme} seed {s}"] = (f"best {f.previous_token.max():.2f}" if kind == "previous_token" else
-                                                 f"best score {f.induction_rr.max():.2f}, best screen "
-                                                 f"{f.induction_selectivity.max():.0f}x")
-        if not lacking:
+        if not (missing := lacking(kind, ss)):
             continue
         what = {"previous_token": f"previous-token head (>= {crit.previous_token:g})",
                 "induction": f"confirmed induction head (score >= {crit.induction:g} and screen >= {crit.selectivity:g}x, "
                              "above a previous-token head)",
                 "duplicate_token": f"duplicate-token head (>= {min_duplicate_score:g} on BOS + R + R)"}[kind]
-        n_models = sum(s in ss for _, s in decisions)
-        which = ("; ".join(f"{m}: {v}" for m, v in lacking.items()) if len(lacking) <= 4 else
-                 f"best per model {min(lacking.values())} to {max(lacking.values())}")
-        parts.append(f"{len(lacking)} of {n_models} models {'has' if len(lacking) == 1 else 'have'} no {what}: {which}")
+        scores = [score for score, _ in missing.values()]
+        which = ("; ".join(f"{m}: {words}" for m, (_, words) in missing.items()) if len(missing) <= 4 else
+                 f"best per model {min(scores):.2f} to {max(scores):.2f}")
+        parts.append(f"{len(missing)} of {n_models} models {'has' if len(missing) == 1 else 'have'} no {what}: {which}")
     return "; ".join(parts)
 
 

@@ -231,12 +231,11 @@ def _summarise(value: Any, limit: int = 6) -> str:
 def _rule(claim: dict) -> str:
     """Why the claim is not tested (if so), its decision rule, its 0.5x / 2x threshold verdicts and
     any details, for the scorecard."""
-    from sinklens.claims import seed_stability_words
+    from sinklens.claims import seed_stability_words, why_not_tested_words
 
     sens = claim.get("sensitivity") or {}
     stability = seed_stability_words(claim.get("without_seed") or {}, claim["verdict"])
-    stated = claim.get("why_not_tested") if claim.get("why_not_tested") not in (None, "", claim.get("rule")) else ""
-    why = f"Why not tested: {stated.rstrip('.')}." if stated else ""
+    why = f"Why not tested: {stated}." if (stated := why_not_tested_words(claim)) else ""
     parts = [why, claim.get("rule") or "", f"(0.5x: {sens['0.5x']}; 2x: {sens['2x']})" if sens else "",
              f"Leaving out one seed: {stability}." if stability else "", claim.get("details") or ""]
     return " ".join(p for p in parts if p) or "–"

@@ -622,6 +622,13 @@ def rise_shape_measured(max_fraction: float, n_rises: int, *, min_fraction: floa
     return Verdict("measured" if n_rises and max_fraction >= min_fraction else "not tested here", rule)
 
 
+def why_not_tested_words(claim: Mapping) -> str:
+    """A recorded claim's ``why_not_tested``, without its final period; '' when there is none or when it
+    only repeats the rule (as :func:`not_tested`'s reason does)."""
+    why = claim.get("why_not_tested") or ""
+    return "" if why == claim.get("rule") else why.rstrip(".")
+
+
 def what_we_found(claims: Sequence[Mapping]) -> str:
     """Markdown for a chapter's closing "What we found": one line per recorded claim, with its
     verdict and rule, generated from the results (never typed)."""
@@ -631,8 +638,7 @@ def what_we_found(claims: Sequence[Mapping]) -> str:
         extra = f" At 0.5x / 2x the threshold: {sens.get('0.5x')} / {sens.get('2x')}." if sens else ""
         stability = seed_stability_words(c.get("without_seed") or {}, c["verdict"])
         extra += f" Leaving out one seed: {stability}." if stability else ""
-        stated = c.get("why_not_tested") if c.get("why_not_tested") not in (None, "", c.get("rule")) else ""
-        why = f" *Why not tested:* {stated.rstrip('.')}." if stated else ""
+        why = f" *Why not tested:* {stated}." if (stated := why_not_tested_words(c)) else ""
         lines.append(f"- **{c['verdict']}**: {c['claim']}.{why} *Rule:* {c.get('rule') or c.get('details') or '–'}.{extra}")
     return "\n".join(lines)
 
