@@ -372,11 +372,22 @@ def test_timing_rules():
     assert claims.no_bos_heads_early(0, 5).verdict == "reproduced"
     assert claims.no_bos_heads_early(2, 5).verdict == "not reproduced"
     assert claims.no_bos_heads_early(0, 0).verdict == "not tested here"
-    assert claims.induction_before_bos([12.0, 20.0], 2).verdict == "reproduced"
-    assert claims.induction_before_bos([12.0], 2).verdict == "partly"
-    assert claims.induction_before_bos([3.0, 20.0], 2).verdict == "partly"
-    assert claims.induction_before_bos([0.5, 20.0], 2).verdict == "not reproduced"
-    assert claims.induction_before_bos([], 2).verdict == "not tested here"
+    # (induction tokens, BOS-transition tokens) per run; None = never within training
+    assert claims.induction_before_bos([(1.0, 12.0), (1.0, 20.0)]).verdict == "reproduced"
+    assert claims.induction_before_bos([(1.0, 12.0), (1.0, None)]).verdict == "partly"  # one run censored
+    assert claims.induction_before_bos([(1.0, 3.0), (1.0, 20.0)]).verdict == "partly"  # too little later
+    assert claims.induction_before_bos([(2.0, 1.0), (1.0, 20.0)]).verdict == "not reproduced"  # BOS first
+    assert claims.induction_before_bos([(1.0, 1.0), (1.0, 20.0)]).verdict == "not reproduced"  # same checkpoint
+    # the BOS attractor forms in a run that never forms induction: counter-evidence, not missing data
+    assert claims.induction_before_bos([(None, 5.0), (1.0, None)]).verdict == "not reproduced"
+    assert claims.induction_before_bos([(None, 5.0), (1.0, 20.0)]).verdict == "not reproduced"
+    # induction in the untrained model (0 tokens) comes before any later BOS transition
+    assert claims.induction_before_bos([(0.0, 5.0)]).verdict == "reproduced"
+    # no BOS transition in any run: nothing to order
+    assert claims.induction_before_bos([(1.0, None), (None, None)]).verdict == "not tested here"
+    assert claims.induction_before_bos([]).verdict == "not tested here"
+    assert claims.with_sensitivity(claims.induction_before_bos, "min_ratio", runs=[(1.0, 15.0)],
+                                   min_ratio=11.0).sensitivity == {"0.5x": "reproduced", "2x": "partly"}
     assert claims.rise_shape_measured(0.5, 2).verdict == "measured"
     assert claims.rise_shape_measured(0.05, 2).verdict == "not tested here"
     assert claims.not_tested("no screen").verdict == "not tested here"

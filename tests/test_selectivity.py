@@ -205,6 +205,19 @@ def test_first_crossing_and_largest_jump():
         S.largest_jump([1.0])
 
 
+def test_rise_shape_labels_a_scheme_by_its_median_share():
+    assert S.rise_shape([0.9, 0.6, 0.2], 0.5) == "sudden"
+    assert S.rise_shape([0.1, 0.4, 0.9], 0.5) == "gradual"
+    assert S.rise_shape([0.5, 0.5, 0.2], 0.5) == "sudden"  # on the threshold counts as sudden
+    assert S.rise_shape([None, 0.8, float("nan")], 0.5) == "sudden"  # runs that never rise are left out
+    assert S.rise_shape([None, None], 0.5) == "no rise"
+    # whole head counts give an exact share on the threshold, where float32 fractions need not
+    counts = S.largest_jump([0, 6, 12, 12])  # 24 heads: 0 -> 6 -> 12 BOS heads
+    assert counts["share"] == 0.5 and S.rise_shape([counts["share"]], 0.5) == "sudden"
+    with pytest.raises(ValueError):
+        S.rise_shape([0.5], 0.0)
+
+
 # --- a tiny random model, for shapes -------------------------------------------------------------
 
 

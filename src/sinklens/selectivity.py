@@ -32,8 +32,9 @@ hook names (``blocks.{l}.attn.hook_pattern``; our :class:`sinklens.model.GPT` or
 ``TransformerBridge`` in compatibility mode), keeping only the query row, in chunks.
 
 Probe layout. The paper used 2000 sequences of 256 tokens, token ids from a fixed range, seed
-42. Our models have a context of 64 (tiny) or 128 (small) tokens and a vocabulary of 1024 / 4096,
-so the chapter scales the probe to the model's context and vocabulary (and says so). Position 0
+42. Our models have a much shorter context and a smaller vocabulary (the zoo's configs in
+:mod:`sinklens.zoo`), so the chapter scales the probe to the model's context and vocabulary (and
+says so). Position 0
 holds ``bos_id`` when given (our models always see BOS there in training); ``A`` and ``B`` are two
 distinct ids from ``vocab_range`` and the filler is drawn from the same range without ``A`` or
 ``B``, so the only earlier ``A`` is the first one. The first ``A`` is placed uniformly in
@@ -42,6 +43,7 @@ distinct ids from ``vocab_range`` and the filler is drawn from the same range wi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -328,3 +330,16 @@ def largest_jump(y: np.ndarray | list) -> dict:
     i = int(np.argmax(d))
     total = float(y.max() - y[0])
     return {"index": i, "jump": float(d[i]), "share": float(d[i] / total) if total > 0 else None}
+
+
+def rise_shape(shares: Sequence[float | None], sudden_share: float = 0.5) -> str:
+    """Label a scheme's rise from its runs' :func:`largest_jump` shares: ``"sudden"`` when the median
+    share (over the runs that rise at all) is at least ``sudden_share``, ``"gradual"`` below it, and
+    ``"no rise"`` when no run rises. Pass shares computed from whole head counts (not fractions held
+    in float32), so that a share on the threshold is not decided by rounding."""
+    if not 0 < sudden_share <= 1:
+        raise ValueError(f"sudden_share must be in (0, 1], got {sudden_share}.")
+    risen = [float(v) for v in shares if v is not None and not np.isnan(v)]
+    if not risen:
+        return "no rise"
+    return "sudden" if float(np.median(risen)) >= sudden_share else "gradual"
