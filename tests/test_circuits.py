@@ -189,3 +189,15 @@ def test_the_runner_up_control_fires_when_another_early_write_is_needed_too(key_
         assert runner_up < line and v.verdict == "not reproduced"
     else:
         assert runner_up >= line and v.verdict == "partly"
+
+
+def test_first_sink_layer_and_sink_onset():
+    assert circuits.first_sink_layer([0.0, 0.25, 0.5, 1.0]) == 2
+    assert circuits.first_sink_layer(torch.tensor([0.0, 0.49])) is None
+    assert circuits.sink_onset([0, 10, 100, 1000], [0.0, 0.25, 0.5, 0.75]) == {"tokens": 100, "before": 10}
+    assert circuits.sink_onset([0, 10], [0.5, 0.5]) == {"tokens": 0, "before": None}
+    assert circuits.sink_onset([0, 10], [0.0, 0.4]) == {"tokens": None, "before": None}
+    with pytest.raises(ValueError, match="ascending"):
+        circuits.sink_onset([10, 0], [0.0, 0.6])
+    with pytest.raises(ValueError, match="one sink metric per checkpoint"):
+        circuits.sink_onset([0, 10], [0.0])

@@ -316,6 +316,20 @@ def test_recognised_within_two_blocks(zero, mean, controls, suff, layer, expecte
     assert claims.recognised_within_two_blocks(CLEAN, zero, mean, controls, suff, layer, has_sink=False).verdict == "not tested here"
 
 
+def test_recognition_lines_are_separate():
+    """Varying the necessity line must not move the controls' or the sufficiency line."""
+    # necessary only under a looser line (mean-ablation leaves 0.45 of 0.8 > 0.5 x clean); a control at 0.5 of clean
+    args = (CLEAN, 0.01, 0.45, {"runner-up": 0.47}, {"patched": 0.05}, 0)
+    assert claims.recognised_within_two_blocks(*args).verdict == "not reproduced"
+    assert claims.recognised_within_two_blocks(*args, collapse=1.0).verdict == "partly"  # controls still hold at 0.5
+    cond = claims.recognition_conditions(*args, collapse=1.0)
+    assert cond == {"necessary": True, "controls_hold": True, "sufficient": False, "in_blocks_0_1": True}
+    v = claims.with_sensitivity(claims.recognised_within_two_blocks, "collapse", clean=CLEAN, zero_ablated=0.01,
+                                mean_ablated=0.45, controls={"runner-up": 0.47}, sufficiency={"patched": 0.05},
+                                responsible_layer=0, collapse=0.5)
+    assert v.sensitivity == {"0.5x": "not reproduced", "2x": "partly"}
+
+
 def test_emergence_rules():
     assert claims.sink_emerges_early({0: 10, 1: 20}, 100).verdict == "reproduced"
     assert claims.sink_emerges_early({0: 10, 1: 80}, 100).verdict == "partly"
@@ -324,10 +338,18 @@ def test_emergence_rules():
     # a sink that forms only late in every seed refutes "early" (before, the rule could only say partly)
     assert claims.sink_emerges_early({0: 70, 1: 70, 2: 90}, 100).verdict == "not reproduced"
     assert claims.sink_emerges_early({0: 70, 1: None}, 100).verdict == "not reproduced"
-    assert claims.signature_in_first_two_layers(1, 0).verdict == "reproduced"
-    assert claims.signature_in_first_two_layers(None, 1).verdict == "partly"
-    assert claims.signature_in_first_two_layers(3, 4).verdict == "not reproduced"
-    assert claims.signature_in_first_two_layers(None, None).verdict == "not tested here"
+    sig = claims.signature_in_first_two_layers
+    assert sig({"trained": [3, 12, 40], "pretrained": [15, 20]}).verdict == "reproduced"
+    assert sig({"trained": [3, 4, 40], "pretrained": [15, 20]}).verdict == "partly"
+    assert sig({"trained": [1, 2, 3, 40], "pretrained": [1, 2, 3, 4, 11]}).verdict == "not reproduced"
+    # a model whose norm is never massive is not tested there: it counts neither way
+    assert sig({"trained": [2, 3, 4], "pretrained": [15, 20]}).verdict == "reproduced"
+    assert sig({"trained": [2, 3, 4], "pretrained": [1, 2, 10.5]}).verdict == "not reproduced"
+    assert sig({"trained": [2, 3, 4], "pretrained": [1, 2, 3]}).verdict == "not tested here"
+    # the threshold decides which layer is the first massive one
+    assert sig({"pretrained": [1, 6, 10.5]}, massive_ratio=5.0).verdict == "reproduced"
+    assert sig({"pretrained": [1, 6, 10.5]}, massive_ratio=20.0).verdict == "not tested here"
+    assert claims.first_massive_layer([1, 9.99, 10.0], 10.0) == 2 and claims.first_massive_layer([1, 2], 10.0) is None
 
 
 # --- chapter 5 -------------------------------------------------------------------------------------

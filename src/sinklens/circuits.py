@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 SINK_EPSILON = 0.3  # Gu et al. (arXiv 2410.10781): a head is a sink head when its mean attention to token 0 > 0.3
+SINK_LAYER_SHARE = 0.5  # a layer has a sink when at least half its heads are sink heads (sink metric >= 0.5)
 
 
 def attention_to_position(cache, position: int = 0, *, n_layers: int | None = None) -> Tensor:
@@ -38,6 +39,29 @@ def sink_metric(attention_to_first: Tensor, epsilon: float = SINK_EPSILON) -> Te
     if not 0.0 <= epsilon <= 1.0:
         raise ValueError(f"epsilon must be in [0, 1], got {epsilon}.")
     return (attention_to_first > epsilon).float().mean(-1)
+
+
+def first_sink_layer(sink_metric_per_layer: Tensor | Sequence[float], share: float = SINK_LAYER_SHARE) -> int | None:
+    """The first layer whose sink metric is at least ``share`` (at least that share of its heads are
+    sink heads), or ``None`` when no layer's is."""
+    m = torch.as_tensor(sink_metric_per_layer, dtype=torch.float64)
+    hit = torch.nonzero(m >= share)
+    return int(hit[0]) if len(hit) else None
+
+
+def sink_onset(tokens_seen: Sequence[int], best_sink_metric: Sequence[float],
+               share: float = SINK_LAYER_SHARE) -> dict[str, int | None]:
+    """When a sink first shows along training: ``{"tokens": t, "before": t_prev}``, the first
+    checkpoint (tokens seen, ascending) at which the best layer's sink metric reaches ``share`` and
+    the checkpoint before it (the onset lies between the two); both ``None`` when it never does."""
+    if len(tokens_seen) != len(best_sink_metric):
+        raise ValueError(f"Need one sink metric per checkpoint, got {len(best_sink_metric)} for {len(tokens_seen)}.")
+    if list(tokens_seen) != sorted(tokens_seen):
+        raise ValueError("tokens_seen must be ascending (checkpoints in training order).")
+    for i, (t, m) in enumerate(zip(tokens_seen, best_sink_metric)):
+        if m >= share:
+            return {"tokens": int(t), "before": int(tokens_seen[i - 1]) if i else None}
+    return {"tokens": None, "before": None}
 
 
 def _count_layers(cache) -> int:

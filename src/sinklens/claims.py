@@ -450,31 +450,48 @@ def sink_follows_position(attention_with_bos: float, ordinary_first_min: float, 
     return Verdict("reproduced" if ok else "not reproduced", rule)
 
 
+def recognition_conditions(clean: float, zero_ablated: float, mean_ablated: float, controls: Mapping[str, float],
+                           sufficiency: Mapping[str, float], responsible_layer: int, *, collapse: float = 0.5,
+                           control_keep: float = 0.5, sufficient_share: float = 0.5) -> dict[str, bool]:
+    """The four conditions :func:`recognised_within_two_blocks` decides on, each true or false, so a
+    page can say which one failed: ``necessary`` (zero- and mean-ablating the component at P0 both
+    leave < ``collapse`` x clean), ``controls_hold`` (every control leaves >= ``control_keep`` x
+    clean), ``sufficient`` (some position given what P0 has draws >= ``sufficient_share`` x clean)
+    and ``in_blocks_0_1``."""
+    return {
+        "necessary": zero_ablated < collapse * clean and mean_ablated < collapse * clean,
+        "controls_hold": all(v >= control_keep * clean for v in controls.values()),
+        "sufficient": any(v >= sufficient_share * clean for v in sufficiency.values()),
+        "in_blocks_0_1": responsible_layer <= 1,
+    }
+
+
 def recognised_within_two_blocks(clean: float, zero_ablated: float, mean_ablated: float, controls: Mapping[str, float],
                                  sufficiency: Mapping[str, float], responsible_layer: int, *,
-                                 collapse: float = 0.5, has_sink: bool = True) -> Verdict:
+                                 collapse: float = 0.5, control_keep: float = 0.5, sufficient_share: float = 0.5,
+                                 has_sink: bool = True) -> Verdict:
     """Claim: a circuit in the first two blocks recognises position 0 and makes it the sink.
 
     ``clean``: later layers' attention to position 0. The responsible component ablated at P0 by
     zero and by its mean (necessity: both must collapse the sink below ``collapse x clean``);
     ``controls``: the attention left by interventions that could plausibly collapse the sink if the
-    claim were false (each must not); ``sufficiency``: the attention another position draws when
-    given what P0 has (its residual, or self-only attention): one must reach ``collapse x clean``.
+    claim were false (each must leave ``control_keep x clean``); ``sufficiency``: the attention
+    another position draws when given what P0 has (its residual, or self-only attention): one must
+    reach ``sufficient_share x clean``. The three lines are separate, so that varying the necessity
+    line (``collapse``, the one :func:`with_sensitivity` varies) does not also move the controls'.
     """
     rule = (f"reproduced = a component of blocks 0-1 is necessary (zero- and mean-ablating it at P0 both leave < "
-            f"{collapse:g} x clean), every control leaves >= {collapse:g} x clean, and giving another position what "
-            f"P0 has makes it draw >= {collapse:g} x clean (sufficiency); partly = necessary under both ablations with "
-            "the controls intact, but not sufficient or not in blocks 0-1; not reproduced = otherwise; not tested "
-            "here = no sink")
+            f"{collapse:g} x clean), every control leaves >= {control_keep:g} x clean, and giving another position "
+            f"what P0 has makes it draw >= {sufficient_share:g} x clean (sufficiency); partly = necessary under both "
+            "ablations with the controls intact, but not sufficient or not in blocks 0-1; not reproduced = otherwise; "
+            "not tested here = no sink")
     if not has_sink or clean <= 0:
         return Verdict("not tested here", rule)
-    line = collapse * clean
-    necessary = zero_ablated < line and mean_ablated < line
-    controls_hold = all(v >= line for v in controls.values())
-    sufficient = any(v >= line for v in sufficiency.values())
-    if necessary and controls_hold and sufficient and responsible_layer <= 1:
+    c = recognition_conditions(clean, zero_ablated, mean_ablated, controls, sufficiency, responsible_layer,
+                               collapse=collapse, control_keep=control_keep, sufficient_share=sufficient_share)
+    if all(c.values()):
         return Verdict("reproduced", rule)
-    return Verdict("partly" if necessary and controls_hold else "not reproduced", rule)
+    return Verdict("partly" if c["necessary"] and c["controls_hold"] else "not reproduced", rule)
 
 
 def sink_emerges_early(onset_tokens: Mapping[int, int | None], total_tokens: int, *, max_share: float = 0.25) -> Verdict:
@@ -491,15 +508,33 @@ def sink_emerges_early(onset_tokens: Mapping[int, int | None], total_tokens: int
     return Verdict("partly" if any(early) else "not reproduced", rule)
 
 
-def signature_in_first_two_layers(first_massive_trained: int | None, first_massive_pretrained: int | None,
-                                  *, last_layer: int = 1) -> Verdict:
-    """Claim: the P0 signature (a massive residual norm) is built in layers 0-``last_layer``,
-    in the page's pretrained model and in our trained ones."""
-    rule = (f"reproduced = the first massive layer is <= {last_layer} in both; partly = in one; "
-            "not reproduced = in neither; not tested here = never massive in either")
-    hits = [x is not None and x <= last_layer for x in (first_massive_trained, first_massive_pretrained)]
-    if first_massive_trained is None and first_massive_pretrained is None:
+def first_massive_layer(norm_ratio_by_layer: Sequence[float], massive_ratio: float) -> int | None:
+    """The first layer whose position-0 residual norm ratio (to the other positions' median) is at
+    least ``massive_ratio``; ``None`` when no layer's is."""
+    r = np.asarray(norm_ratio_by_layer, dtype=float)
+    hit = np.flatnonzero(r >= massive_ratio)
+    return int(hit[0]) if hit.size else None
+
+
+def signature_in_first_two_layers(norm_ratios: Mapping[str, Sequence[float]], *, massive_ratio: float = 10.0,
+                                  last_layer: int = 1) -> Verdict:
+    """Claim: the P0 signature (a massive residual norm) is built in layers 0-``last_layer``.
+
+    ``norm_ratios[model]``: per layer, position 0's residual norm over the other positions' median.
+    A model in which no layer's ratio is massive has no signature, so it neither supports nor
+    contradicts the claim (it is not tested there); the verdict is decided on the models that have one.
+
+    >>> signature_in_first_two_layers({"a": [2, 12, 30], "b": [1, 2, 3]}).verdict
+    'reproduced'
+    """
+    rule = (f"on the models whose position-0 norm reaches {massive_ratio:g}x in some layer: reproduced = the first such "
+            f"layer is <= {last_layer} in every one; partly = in some; not reproduced = in none; not tested here = "
+            "no model's norm is massive")
+    first = [first_massive_layer(r, massive_ratio) for r in norm_ratios.values()]
+    tested = [f for f in first if f is not None]
+    if not tested:
         return Verdict("not tested here", rule)
+    hits = [f <= last_layer for f in tested]
     return Verdict("reproduced" if all(hits) else "partly" if any(hits) else "not reproduced", rule)
 
 
