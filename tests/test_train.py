@@ -442,6 +442,8 @@ def test_a_compiled_code_change_retrains_the_compiled_runs_only(monkeypatch):
 
 def test_a_gpu_run_on_a_machine_without_one_is_a_clear_error_but_a_finished_one_loads(tmp_path, monkeypatch):
     assert zoo.config("mhc", "medium").device == "cuda"
+    # the GPU size's run id does not depend on where its config is built (so a copied GPU run is found)
+    assert zoo.config("mhc", "medium").precision == "bf16"
     finished = T.train(micro("residual", n_steps=3), tmp_path / "cpu", progress=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match="configured to train on a CUDA GPU"):

@@ -9,7 +9,7 @@ Sizes (all GPT-2-style, see :mod:`sinklens.model`; data and tokeniser in :mod:`s
   (6.1M tokens). For the book. Trained through ``torch.compile`` (``TrainConfig.compile``: 0.71-0.76x
   the eager step time; ``tiny`` and ``medium`` train eager).
 - ``medium``: 6 layers, d_model 256, 8 heads, context 256, vocab 4096, 3000 steps of 64 x 256
-  tokens (49M tokens), trained on a CUDA GPU (``device="cuda"``; a CPU-only machine gets a clear
+  tokens (49M tokens), trained on a CUDA GPU in bf16 (``device="cuda"``; a CPU-only machine gets a clear
   error). For the scale study (``scripts/scale_study.py``).
 
 All sizes use rotary positions and :data:`RECIPE`'s data mixture (random-token segments repeated
@@ -76,6 +76,9 @@ SIZES: dict[str, dict] = {
         n_snapshots=24,
         resume_every=500,
         device="cuda",
+        # bf16, not "auto": "auto" resolves on the machine that builds the config, so on one without
+        # a GPU it said fp32 and gave the run another id than the GPU run it is meant to find
+        precision="bf16",
         **RECIPE,
     ),
 }
