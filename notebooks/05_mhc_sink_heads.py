@@ -379,12 +379,17 @@ for ax, kind in zip(axes, KINDS):
         ref = ha.MHC_INTERP_MEDIAN_LAYERS.get(kind, {}).get(scheme)
         if ref is not None:
             ax.scatter(i, ha.normalised_depth(ref, ha.MHC_INTERP_N_LAYERS), marker="*", s=130, color=COLORS[scheme],
-                       edgecolor="k", zorder=4, label="original (36 layers)" if i == 0 else None)
+                       edgecolor="k", zorder=4)
+    n_lack = len(lacking(kind, seeds)) if kind in present_in(seeds) else 0
     ax.set_xticks(range(len(SCHEMES)), SCHEMES, rotation=30)
-    ax.set(title=f"top-{top_k} {kind.replace('_', '-')} heads", ylim=(0, 1))
+    ax.set(title=f"top-{top_k} {kind.replace('_', '-')} heads"
+           + (f"\n({n_lack} of {len(decisions)} models lack the type: there, the best of weak heads)" if n_lack else ""),
+           ylim=(0, 1))
+    ax.title.set_fontsize(9 if n_lack else 10)
     ax.invert_yaxis()
 axes[0].set_ylabel("median depth (layer + 0.5) / n_layers\n(0 = input, 1 = output)")
-axes[0].legend(fontsize=7, loc="lower left")
+axes[0].legend(handles=[plt.Line2D([], [], ls="", marker="*", ms=11, markerfacecolor="white", markeredgecolor="k",
+                                    label="original (36 layers), in the scheme's colour")], fontsize=7, loc="lower left")
 fig.suptitle(f"Layer distribution of head types ({zoo_size} models, {n_layers} layers, seeds {seeds})", y=1.02)
 fig.tight_layout()
 plt.show()
@@ -474,7 +479,7 @@ for (scheme, s), pm in per_model.items():
     prev, abl = pm["text"]["previous_token"], pm["ablation"]
     agree_rows.append(dict(scheme=scheme, seed=s, spearman=ha.spearman(prev, abl), overlap=ha.top_k_overlap(prev, abl, top_k),
                            pattern_top=", ".join(ha.head_label(*h) for h in ha.top_k_heads(prev, top_k)),
-                           load_bearing=", ".join(ha.head_label(*h) for h in ha.top_k_heads(abl, top_k))))
+                           top_by_ablation=", ".join(ha.head_label(*h) for h in ha.top_k_heads(abl, top_k))))
 agree = pd.DataFrame(agree_rows)
 display(agree.style.format({"spearman": "{:.2f}", "overlap": "{:.2f}"}).hide(axis="index").set_caption(
     f"Previous-token score vs ablation effect; top-{top_k} heads by each"))
@@ -485,7 +490,7 @@ for ax, scheme in zip(axes, SCHEMES):
     ax.set(title=scheme, xlabel="previous-token score (text)")
     ax.axhline(0, color="grey", lw=0.6)
 axes[0].set_ylabel("ablation effect (Δ loss, nats)")
-fig.colorbar(sc, ax=axes, label="depth", shrink=0.8)
+fig.colorbar(sc, ax=axes, label="depth (layer + 0.5) / n_layers", shrink=0.8)
 plt.show()
 agg = agree.groupby("scheme")[["spearman", "overlap"]].mean().reindex(SCHEMES)
 chance = top_k / (n_layers * n_heads)
@@ -1080,13 +1085,15 @@ for col, scheme in enumerate(SCHEMES):
     for row, group in enumerate(groups):
         ax = axes[row, col]
         avg = protocol.group_pattern(m.sentence_patterns, heads_of[group])
-        ax.imshow(avg, cmap="viridis", vmin=0, vmax=1)
+        img = ax.imshow(avg, cmap="viridis", vmin=0, vmax=1)
+        ax.set(xlabel="key", ylabel="query")
         ax.set_xticks(range(T_sentence), labels, rotation=90, fontsize=6)
         ax.set_yticks(range(T_sentence), labels, fontsize=6)
         ax.set_title(f"{scheme}, {group.replace('_', ' ')}\n{', '.join(ha.head_label(*h) for h in heads_of[group])}: "
                      f"vert. {claims.group_verticality(avg):.2f}", fontsize=8)
 fig.suptitle(f"Averaged patterns on the source's sentence (seed {seeds[0]})", y=1.0)
 fig.tight_layout()
+fig.colorbar(img, ax=axes, label="attention", shrink=0.5)
 plt.show()
 sink_verdicts = {k: v for k, v in pv["verdicts"].items() if k.startswith("prev-token-heads-are-sinks")}
 mhc_v = {g: sinks[(sinks.scheme == "mhc") & (sinks.group == g)].verticality.tolist() for g in groups}

@@ -226,24 +226,27 @@ display(Markdown(
 
 # %% [markdown]
 # What the heads look like at the end of training: the selectivity of every head for every
-# class (colour: log10 of the selectivity, clipped to 0.1×–1000×; the numbers are not clipped;
-# 1× = no preference; the dashed line on the colour bar marks the class threshold).
+# class (colour: log10 of the selectivity, clipped to 0.1×–1000×; 1× = no preference; the dashed
+# line on the colour bar marks the class threshold, and the cells at or above it carry their
+# unclipped value).
 
 # %%
 cmap = plt.get_cmap("magma")
-fig, axes = plt.subplots(1, len(schemes), figsize=(3.2 * len(schemes) + 1, 2.9), squeeze=False)
-for ax, scheme in zip(axes[0], schemes):
+n_cols = n_layers * n_heads
+fig, axes = plt.subplots(len(schemes), 1, figsize=(max(7.0, 0.42 * n_cols + 2), 1.9 * len(schemes) + 0.6), squeeze=False,
+                         layout="constrained")
+for ax, scheme in zip(axes[:, 0], schemes):  # one row per scheme, so every head's column is wide enough to read
     sel = final_screens[(scheme, zoo_seeds[0])].selectivity.reshape(len(S.CLASSES), -1)
     img = ax.imshow(np.log10(sel.clamp_min(1e-3).numpy()), vmin=-1, vmax=3, cmap=cmap, aspect="auto")
     for (r, c), v in np.ndenumerate(sel.numpy()):
-        ax.text(c, r, f"{v:.0f}" if v >= 10 else f"{v:.1f}", ha="center", va="center", fontsize=5.5,
-                color="white" if v < 100 else "black")
-    ax.set_xticks(range(n_layers * n_heads), [f"L{l}H{h}" for l in range(n_layers) for h in range(n_heads)],
-                  rotation=90, fontsize=6)
-    ax.set_yticks(range(len(S.CLASSES)), S.CLASSES if ax is axes[0, 0] else [], fontsize=7)
-    ax.set_title(f"{scheme}, seed {zoo_seeds[0]}, final")
+        if v >= classify_threshold:  # only the cells that classify a head
+            ax.text(c, r, f"{v:.0f}" if v < 1e4 else f"{v:.0e}".replace("+0", ""), ha="center", va="center",
+                    fontsize=6, color="white" if v < 100 else "black")
+    ax.set_xticks(range(n_cols), [f"L{l}H{h}" for l in range(n_layers) for h in range(n_heads)], rotation=90, fontsize=6)
+    ax.set_yticks(range(len(S.CLASSES)), S.CLASSES, fontsize=7)
+    ax.set_title(f"{scheme}, seed {zoo_seeds[0]}, final", fontsize=9)
     ax.grid(False)
-cb = fig.colorbar(img, ax=axes[0].tolist(), shrink=0.8)
+cb = fig.colorbar(img, ax=axes[:, 0].tolist(), shrink=0.6)
 cb.set_label("log10 selectivity")
 cb.ax.axhline(np.log10(classify_threshold), color="c", ls="--")
 final = head_df[head_df.step == head_df.groupby(["scheme", "seed"]).step.transform("max")]
