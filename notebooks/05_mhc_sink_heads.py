@@ -241,7 +241,10 @@ results.record(
 # (mean attention from each token to the one before) on held-out text; the **induction** and
 # **duplicate-token** scores on BOS + R + R; the **first-token** score (attention to position 0,
 # a sink); and two shape statistics of the attention each key receives: **verticality** (the
-# largest column mean over the average column mean; above ~2 reads sink-like) and **kurtosis**
+# largest column mean over the average column mean, each column over the queries that can see
+# it; uniform attention already scores above 1, so a head is sink-like only well above what
+# uniform attention gives; Sections 5 and 8 use the source's verticality, another scale, on which
+# uniform attention scores the harmonic number `H_T`) and **kurtosis**
 # (a heavy tail: one or a few columns take much more attention than the rest). Then each head's
 # **ablation effect**: how much the held-out next-token loss rises when that head's output
 # (`hook_z[:, :, h]`) is zeroed (`sinklens.head_ablation.head_ablation_effects`, every head of a
@@ -471,7 +474,9 @@ results.record(
 # Does the head that *looks* most like a previous-token head matter most to the model? For every
 # model: the Spearman rank correlation between the previous-token score and the ablation effect
 # over all heads, and the overlap of the top-k heads by each. (The original ranks heads by their
-# *indirect* effect, total minus the direct path to the logits; we use the total effect.)
+# *indirect* effect, total minus the direct path to the logits; we use the total effect. Section 8
+# shows that the source's own direct path is 0 by construction, so its "indirect effect" is the
+# total too.)
 
 # %%
 agree_rows = []
