@@ -44,9 +44,11 @@ def sink_metric(attention_to_first: Tensor, epsilon: float = SINK_EPSILON) -> Te
 def first_sink_layer(sink_metric_per_layer: Tensor | Sequence[float], share: float = SINK_LAYER_SHARE) -> int | None:
     """The first layer whose sink metric is at least ``share`` (at least that share of its heads are
     sink heads), or ``None`` when no layer's is."""
-    m = torch.as_tensor(sink_metric_per_layer, dtype=torch.float64)
-    hit = torch.nonzero(m >= share)
-    return int(hit[0]) if len(hit) else None
+    from sinklens.selectivity import first_crossing
+
+    m = torch.as_tensor(sink_metric_per_layer, dtype=torch.float64).numpy()
+    layer = first_crossing(range(len(m)), m, share)
+    return None if layer is None else int(layer)
 
 
 def sink_onset(tokens_seen: Sequence[int], best_sink_metric: Sequence[float],

@@ -511,9 +511,11 @@ def sink_emerges_early(onset_tokens: Mapping[int, int | None], total_tokens: int
 def first_massive_layer(norm_ratio_by_layer: Sequence[float], massive_ratio: float) -> int | None:
     """The first layer whose position-0 residual norm ratio (to the other positions' median) is at
     least ``massive_ratio``; ``None`` when no layer's is."""
+    from sinklens.selectivity import first_crossing
+
     r = np.asarray(norm_ratio_by_layer, dtype=float)
-    hit = np.flatnonzero(r >= massive_ratio)
-    return int(hit[0]) if hit.size else None
+    layer = first_crossing(range(len(r)), r, massive_ratio)
+    return None if layer is None else int(layer)
 
 
 def signature_in_first_two_layers(norm_ratios: Mapping[str, Sequence[float]], *, massive_ratio: float = 10.0,
