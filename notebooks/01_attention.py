@@ -180,9 +180,9 @@ print(f"layer {layer}, largest absolute differences:", step_by_step)
 # %% [markdown]
 # The same computation is packaged as `sinklens.attention.multi_head_attention`; we run it on
 # every layer. A floating-point number carries about seven significant digits, so the error we
-# can expect grows with the size of the numbers: attention outputs reach magnitudes in the
-# hundreds in some layers. The test is therefore `torch.allclose`'s: every element must satisfy
-# `|ours - model| <= tolerance + tolerance * |model|`. The column `worst_ratio` is the largest
+# can expect grows with the size of the numbers: attention outputs can reach magnitudes in the
+# hundreds (the table below gives each layer's largest). The test is therefore
+# `torch.allclose`'s: every element must satisfy `|ours - model| <= tolerance + tolerance * |model|`. The column `worst_ratio` is the largest
 # left side divided by the right side: below 1 passes.
 
 # %%

@@ -528,7 +528,8 @@ else:
 # ## The behaviour: in-context loss on the second copy
 #
 # Attention patterns are circumstantial. The behaviour is that the model predicts the second
-# copy: random tokens cannot be predicted the first time (the loss should sit near `ln(vocab)`),
+# copy: random tokens cannot be predicted the first time (a model that spreads its bets evenly
+# would sit at `ln(vocab)`; below we see where this one sits),
 # but once seen they can. Below, the next-token loss at each position of the first and second
 # copy, mean ± sd over the seeds. Index `j` of a copy is the loss of predicting its token `j`
 # (0-based) from everything before it. `j = 0` is left out of both: the first copy's token 0

@@ -128,8 +128,8 @@ elif zoo_size != "small":
 # Every scheme gets the same GPT (same width, heads, MLP, vocabulary), the same data stream and
 # the same number of steps; the multi-stream schemes add their connection modules (how many
 # parameters each adds is printed below the table).
-# Missing models are trained first (a few minutes each on a CPU for `small`; `medium` needs a
-# CUDA GPU and takes a few minutes per model there).
+# Missing models are trained first, two at a time (the README gives the measured training times
+# of the `small` zoo on a 2-core CPU; `medium` needs a CUDA GPU).
 
 # %%
 models, histories = {}, {}
@@ -158,16 +158,18 @@ display(Markdown(
 ))
 
 # %% [markdown]
-# **How these models' recipe was chosen.** A model this size trained on plain text forms no
-# induction heads within a CPU budget, so the training rows mix in repeated random-token segments
-# (the data line at the top of the page says how many). The recipe (depth, width, rotary
+# **How these models' recipe was chosen.** The project's earlier recipe (4 layers, learned
+# positions, text with repeated spans of its own, 4.1M tokens) formed no induction heads, so the
+# training rows now mix in repeated random-token segments (the data line at the top of the page
+# says how many); a 6-layer model on plain text was not tried. The recipe (depth, width, rotary
 # positions, context, batch, learning-rate schedule, steps, data mixture) was chosen on the
 # residual scheme alone, by the formation criteria below, fixed before the search, and then
 # frozen; only then were HC, mHC and mHC-lite trained with it. The candidates tried, with seeds
 # and results, are in the README's zoo section (`scripts/recipe_search.py`). The recipe was never
 # changed after seeing an mHC result. Three cheaper candidates tried later for the book's time
 # budget, again on the residual scheme alone, were rejected by the same rule, and the recipe
-# stayed as it was: half the batch for the same steps formed no induction head in either seed
+# stayed as it was (these results are the README's, from `scripts/recipe_search.py judge`; this
+# page does not recompute them): half the batch for the same steps formed no induction head in either seed
 # tried; two thirds of the steps with twice the learning rate formed none on its first seed; and
 # two thirds of the steps with random segments in three quarters of the rows formed the circuit on
 # two seeds of three (on the third, no head passed the variable-offset screen).
@@ -1316,7 +1318,7 @@ results.record(
 # patterns are rebuilt from each block's `c_attn` output, and a head is ablated by zeroing its
 # slice of the input to `c_proj`. Set `released_models = True` to run Section 8's protocol on them
 # with the source's own GPT-2 prompts (about 3 GB of downloads and 2 x 720 ablation passes per
-# model). The direct/indirect split needs hooks on their stream mixing that we have not written, so
+# model, for each of the three models). The direct/indirect split needs hooks on their stream mixing that we have not written, so
 # that row is absent there. **This cell is never executed in our builds**: no network reaches the
 # hub from this machine, and offline `sinklens.released.load` stops with a message saying so
 # (`tests/test_released.py`).
@@ -1377,10 +1379,11 @@ display(Markdown(
 # (`sinklens.claims.leave_one_seed_out`, with three seeds or more). A verdict that changes rests
 # on one model: it is what these seeds gave, not what the recipe gives. The check does not change
 # any verdict; it says which ones a single model can overturn. Passing it does not make a verdict
-# stable. Under a rule that asks for every seed, leaving one out cannot overturn "reproduced" or
-# "not reproduced", so mostly "partly" verdicts can be flagged; and it cannot see every seed
-# sitting close to a threshold (Section 8's verticalities of exactly 2 against the source's '> 2',
-# for instance). Over three retrainings of this zoo with other rounding (README, "Which verdicts
+# stable. Under a rule that asks the same of every seed, leaving one out cannot overturn
+# "reproduced" or "not reproduced", so there mostly "partly" verdicts can be flagged (a rule
+# decided on the seeds' mean, such as the depth shift, can change either way); and it cannot see
+# every seed sitting close to a threshold (a verticality just under the source's '> 2' in each
+# seed, for instance). Over three retrainings of this zoo with other rounding (README, "Which verdicts
 # hold across retrainings"), verdicts it passed changed too, not much less often than those it
 # flagged.
 
