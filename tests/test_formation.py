@@ -55,6 +55,23 @@ def test_the_fixed_offset_trap_is_not_an_induction_head():
     assert not d.passes["induction"] and d.induction_score_only == [(1, 0)] and not d.formed
 
 
+def test_confirmed_induction_heads_is_the_rule_decide_uses():
+    """Score, screen and a previous-token head in a lower layer: each one missing drops the head."""
+    score = _at(0.8, (2, 0), (2, 1), (3, 0), (0, 1))
+    screen_sel = _at(120.0, (2, 0), (3, 0), (0, 1), fill=1.0)  # (2, 1) is the positional trap
+    prev = _at(0.6, (1, 1)) + _at(0.5, (0, 1))
+    prev[0, 1] = 0.3  # under the line: the lowest previous-token head is in layer 1
+    mask = F.confirmed_induction_heads(score, screen_sel, prev)
+    assert F._heads(mask) == [(2, 0), (3, 0)]  # (0, 1) is not above layer 1, (2, 1) fails the screen
+    assert not F.confirmed_induction_heads(score, screen_sel, np.zeros((L, H))).any()
+    lower = F.Criteria(previous_token=0.25)  # now layer 0 has one, so layer 1 and up count; (0, 1) still not
+    assert F._heads(F.confirmed_induction_heads(score, screen_sel, prev, lower)) == [(2, 0), (3, 0)]
+    f = _formation(previous_token_rr=prev, induction_rr=score, induction_selectivity=screen_sel)
+    assert F.decide(f).induction_heads == F._heads(mask)
+    with pytest.raises(ValueError, match="one shape"):
+        F.confirmed_induction_heads(score, screen_sel[:2], prev)
+
+
 def test_an_induction_head_needs_a_previous_token_head_below_it():
     screen_ok = dict(induction_rr=_at(0.8, (1, 1)), induction_selectivity=_at(200.0, (1, 1), fill=1.0),
                      second_copy_loss=1.0)

@@ -95,17 +95,36 @@ def _heads(mask: np.ndarray) -> list[tuple[int, int]]:
     return [(int(l), int(h)) for l, h in zip(*np.nonzero(mask))]
 
 
+def confirmed_induction_heads(induction_score, induction_selectivity, previous_token,
+                              criteria: Criteria = Criteria()) -> np.ndarray:
+    """Criterion 2 per head: ``[layer, head]`` bool, True for a confirmed induction head.
+
+    ``induction_score``: the BOS + R + R induction score; ``induction_selectivity``: the
+    variable-offset screen's induction selectivity; ``previous_token``: previous-token scores
+    (all ``[layer, head]``). A head is confirmed when it scores at least ``criteria.induction``,
+    passes the screen (``criteria.selectivity``) and sits in a layer above some head with a
+    previous-token score of at least ``criteria.previous_token``.
+
+    >>> confirmed_induction_heads([[0.1, 0.0], [0.9, 0.8]], [[1, 1], [80, 20]], [[0.6, 0.0], [0.0, 0.0]]).tolist()
+    [[False, False], [True, False]]
+    """
+    score, screen_sel, prev = (np.asarray(x, dtype=float) for x in (induction_score, induction_selectivity, previous_token))
+    if not score.shape == screen_sel.shape == prev.shape or score.ndim != 2:
+        raise ValueError(f"Scores must all be [layer, head] of one shape, got {score.shape}, {screen_sel.shape} "
+                         f"and {prev.shape}.")
+    prev_layers = np.nonzero((prev >= criteria.previous_token).any(axis=1))[0]
+    above = np.zeros_like(score, dtype=bool)
+    if len(prev_layers):
+        above[int(prev_layers.min()) + 1 :] = True
+    return (score >= criteria.induction) & (screen_sel >= criteria.selectivity) & above
+
+
 def decide(f: Formation, criteria: Criteria = Criteria()) -> Decision:
     """Pass or fail for each criterion of the module docstring, from measured numbers only."""
     prev = f.previous_token >= criteria.previous_token
     prev_heads = _heads(prev)
-    lowest_prev_layer = min((l for l, _ in prev_heads), default=None)
     scored = f.induction_rr >= criteria.induction
-    screened = f.induction_selectivity >= criteria.selectivity
-    above = np.zeros_like(scored)
-    if lowest_prev_layer is not None:
-        above[lowest_prev_layer + 1 :] = True
-    confirmed = scored & screened & above
+    confirmed = confirmed_induction_heads(f.induction_rr, f.induction_selectivity, f.previous_token, criteria)
     ratio = f.second_copy_loss / f.first_copy_loss if f.first_copy_loss > 0 else float("inf")
     p0 = {f"L{l}H{h}": float(f.first_token_text[l, h]) for l, h in _heads(confirmed)}
     passes = {
