@@ -455,6 +455,26 @@ def test_sensitivity_above_a_floor_varies_the_distance_to_it():
     assert "above 1" in floored.rule
 
 
+def test_sensitivity_of_a_share_stays_inside_its_range():
+    # twice a Jaccard line of 0.8 is 1.6, which no overlap can reach: identical sets would read "partly"
+    same = {(1, 0), (2, 3)}
+    plain = claims.with_sensitivity(claims.same_head_set, "min_jaccard", found=same, reference=same, min_jaccard=0.8)
+    assert plain.verdict == "reproduced" and plain.sensitivity["2x"] == "partly"
+    bounded = claims.with_sensitivity(claims.same_head_set, "min_jaccard", ceiling=1.0, found=same, reference=same,
+                                      min_jaccard=0.8)
+    assert bounded.sensitivity == {"0.5x": "reproduced", "2x": "reproduced"}
+    assert "0.667 / 0.889" in bounded.rule
+    # the odds move the way the plain factor does, and the check can still fail: Jaccard 0.8 < 8/9
+    near = claims.with_sensitivity(claims.same_head_set, "min_jaccard", ceiling=1.0, found={1, 2, 3, 4},
+                                   reference={1, 2, 3, 4, 5}, min_jaccard=0.8)
+    assert near.verdict == "reproduced" and near.sensitivity["2x"] == "partly"
+    assert claims.varied_threshold(0.5, 2.0, ceiling=1.0) == pytest.approx(2 / 3)
+    assert claims.varied_threshold(0.25, 0.5, ceiling=1.0) == pytest.approx(1 / 7)
+    assert claims.varied_threshold(0.4, 2.0) == pytest.approx(0.8)  # unbounded: the plain factor
+    with pytest.raises(ValueError, match="strictly inside"):
+        claims.varied_threshold(1.0, 2.0, ceiling=1.0)
+
+
 def test_vertical_above_every_outcome():
     assert claims.vertical_above([4.0, 5.0], threshold=2.0, heads_present=True).verdict == "reproduced"
     assert claims.vertical_above([1.5, 5.0], threshold=2.0, heads_present=True).verdict == "partly"

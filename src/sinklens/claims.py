@@ -27,9 +27,10 @@ T = TypeVar("T")
 THRESHOLD_REASONS = {
     "induction_score": "0.4: the source blog's induction-score threshold (chapter 2)",
     "collapse": "0.5 x clean: an intervention 'collapses' an effect when it removes at least half of it",
-    "jaccard": "0.8: two head sets agree when at most one head in five differs (Jaccard >= 0.8)",
+    "jaccard": "0.8: two head sets agree when at most one head in five differs (Jaccard >= 0.8; a convention)",
     "dormant_share": "0.5: a head is parked on position 0 when most of its attention goes there",
-    "value_drain": "0.5: position 0's value norm at most half the other positions' median (Guo et al.'s drain)",
+    "value_drain": "0.5: position 0's value norm at most half the other positions' median (Guo et al. describe "
+                   "the value-state drain; the 0.5 line is this book's convention)",
     "massive_ratio": "10 x the other positions' median (sinklens.circuits.MASSIVE_RATIO; Sun et al. 2024 report 100s-1000s)",
     "loss_ratio": "0.5: the second copy's loss at most half the first copy's (formation criteria, issue 15)",
     "early_share": "0.25: 'early' read as within the first quarter of training (the source gives no number; "
@@ -72,13 +73,37 @@ def not_tested(reason: str) -> Verdict:
     return Verdict("not tested here", reason, reason=reason)
 
 
-def with_sensitivity(rule: Callable[..., Verdict], vary: str, /, *, floor: float | None = None, **kwargs) -> Verdict:
+def varied_threshold(t: float, factor: float, *, floor: float | None = None, ceiling: float | None = None) -> float:
+    """The threshold ``t`` scaled by ``factor`` for a sensitivity check, within the quantity's range.
+
+    No bounds: ``factor * t``. ``floor`` (the least value the quantity can take): the distance
+    above it is scaled, ``floor + factor (t - floor)``. ``ceiling`` (the most it can take, e.g. 1
+    for a share of attention or a Jaccard overlap): the odds ``(t - floor) / (ceiling - t)`` are
+    scaled, so the varied line stays strictly inside the range and moves the way ``factor * t``
+    would (2x of 0.8 is 8/9, not 1.6; 0.5x is 2/3).
+
+    >>> round(varied_threshold(0.8, 2.0, ceiling=1.0), 4), round(varied_threshold(0.5, 0.5, ceiling=1.0), 4)
+    (0.8889, 0.3333)
+    """
+    low = 0.0 if floor is None else floor
+    if ceiling is None:
+        return low + factor * (t - low)
+    if not low < t < ceiling:
+        raise ValueError(f"A threshold varied within [{low:g}, {ceiling:g}] must lie strictly inside it, got {t}.")
+    odds = factor * (t - low) / (ceiling - t)
+    return low + (ceiling - low) * odds / (1.0 + odds)
+
+
+def with_sensitivity(rule: Callable[..., Verdict], vary: str, /, *, floor: float | None = None,
+                     ceiling: float | None = None, **kwargs) -> Verdict:
     """``rule(**kwargs)``, with the verdicts at 0.5x and 2x the threshold keyword ``vary`` recorded.
 
     ``floor``: the least value the measured quantity can take (verticality: 1). Then the threshold's
     distance above the floor is halved and doubled instead (``floor + 0.5 (t - floor)``): half of a
     threshold of 2 would otherwise be 1, which every verticality passes, a sensitivity that cannot
-    come out any other way.
+    come out any other way. ``ceiling``: the most it can take (a share: 1); then the threshold's
+    odds within the range are halved and doubled (:func:`varied_threshold`), since twice a share of
+    0.5 or more is a line no share can clear.
 
     >>> with_sensitivity(second_copy_loss_lower, "max_ratio", first=[4.0], second=[1.5], max_ratio=0.5).sensitivity
     {'0.5x': 'partly', '2x': 'reproduced'}
@@ -87,10 +112,13 @@ def with_sensitivity(rule: Callable[..., Verdict], vary: str, /, *, floor: float
         raise ValueError(f"{vary!r} must be passed by keyword to be varied.")
     base = rule(**kwargs)
     t = kwargs[vary]
-    low = 0.0 if floor is None else floor
-    varied = {label: rule(**{**kwargs, vary: low + factor * (t - low)}).verdict
+    varied = {label: rule(**{**kwargs, vary: varied_threshold(t, factor, floor=floor, ceiling=ceiling)}).verdict
               for label, factor in (("0.5x", 0.5), ("2x", 2.0))}
-    if floor is not None:
+    if ceiling is not None:
+        lo, hi = (varied_threshold(t, f, floor=floor, ceiling=ceiling) for f in (0.5, 2.0))
+        base = replace(base, rule=f"{base.rule} (0.5x / 2x: of the threshold's odds within [{floor or 0:g}, "
+                                  f"{ceiling:g}], the quantity's range: lines {lo:.3g} / {hi:.3g})")
+    elif floor is not None:
         base = replace(base, rule=f"{base.rule} (0.5x / 2x: of the threshold's distance above {floor:g}, the least "
                                   "possible value)")
     return replace(base, sensitivity=varied)
@@ -397,18 +425,22 @@ def residual_relatively_small(norm_ratio_by_layer, *, min_share_of_layers: float
     ``norm_ratio_by_layer``: position 0's norm / the other positions' median, per layer."""
     r = np.asarray(norm_ratio_by_layer, dtype=float)
     small = int((r < 1).sum())
-    rule = (f"reproduced = below the other positions' median in >= {min_share_of_layers:.0%} of the layers; "
-            "partly = in some layer; not reproduced = in none")
+    rule = (f"reproduced = below the other positions' median in >= {min_share_of_layers:.0%} of the layers (a "
+            "convention: the blog gives no number); partly = in some layer; not reproduced = in none")
     if small >= min_share_of_layers * r.size:
         return Verdict("reproduced", rule)
     return Verdict("partly" if small else "not reproduced", rule)
 
 
 def residual_peak_massive(norm_ratio_by_layer, induction_layers: Sequence[int], *, massive_ratio: float) -> Verdict:
-    """Claim (Guo et al.; Sun et al.): the sink token's residual norm is massive."""
+    """Claim (Guo et al.; Sun et al.): the sink token's residual norm is massive.
+
+    ``norm_ratio_by_layer``: position 0's norm over the others' median, per ``resid_post`` layer;
+    ``induction_layers``: the ``resid_post`` layers the induction heads read (a head in layer l
+    reads the output of layer l - 1)."""
     r = np.asarray(norm_ratio_by_layer, dtype=float)
-    rule = (f"reproduced = position 0's norm >= {massive_ratio:g}x the others' median in some layer and above it at "
-            "every induction head's layer; partly = massive somewhere only; not reproduced = never massive")
+    rule = (f"reproduced = position 0's norm >= {massive_ratio:g}x the others' median in some layer and above it in "
+            "the stream every induction head reads; partly = massive somewhere only; not reproduced = never massive")
     massive = (r >= massive_ratio).any()
     if massive and all(r[l] > 1 for l in induction_layers):
         return Verdict("reproduced", rule)
