@@ -510,7 +510,7 @@ def overlaps_of(ss: list[int]) -> dict[str, list[float]]:
 def agree_verdict(ss: list[int]) -> claims.Verdict:
     o = overlaps_of(ss)
     return claims.with_sensitivity(
-        claims.pattern_and_ablation_disagree, "max_overlap", overlap_mhc=o["mhc"], overlap_lite=o["mhc-lite"],
+        claims.pattern_and_ablation_disagree, "max_overlap", ceiling=1.0, overlap_mhc=o["mhc"], overlap_lite=o["mhc-lite"],
         overlap_residual=o["residual"], max_overlap=0.5, heads_present=present_in(ss)["previous_token"], chance=chance)
 
 
