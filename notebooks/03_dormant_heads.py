@@ -194,7 +194,7 @@ plt.show()
 txt_mean = txt_seq.mean(0)  # [head]
 rep2_mean = rep2_seq.mean(0)
 seed_txt = a_txt[0].mean(-1)
-n_dormant = int(((txt_mean >= dormant_share) & (txt_mean > rep2_mean)).sum())
+n_dormant = int(claims.dormant_heads(txt_mean, rep2_mean, min_share=dormant_share).sum())
 # The baseline: every head of the model, on the same text and the same second copies.
 all_txt = txt_out["attn_to_first"][..., 1:].mean((0, -1))  # [layer, head]
 all_rep2 = rep_out["attn_to_first"][..., N + 1 :].mean((0, -1))
@@ -522,7 +522,9 @@ results = ChapterResults(
                 "massive_ratio": massive_ratio},
 )
 note = "; ".join(c.replace("**", "") for c in caveats)
-no_induction_heads = f"no head reaches the induction score {threshold} (best {float(ind_mean.max()):.2f})"
+no_induction_heads = (f"no confirmed induction head: score >= {threshold} (best {float(ind_mean.max()):.2f}), variable-offset "
+                      f"screen >= {screening.INDUCTION_THRESHOLD:g}x (best {float(screen_induction.max()):.0f}x) and a "
+                      "previous-token head in a lower layer")
 results.record(
     "induction-heads-dormant-on-text",
     "On natural text, induction heads park their attention on the first token (they have nothing to copy)",

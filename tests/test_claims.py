@@ -265,6 +265,11 @@ def test_dormant_on_text_needs_the_switch_to_beat_all_heads():
     # grouped-query attention: one group dormant and one not -> partly
     assert claims.dormant_on_text([0.8, 0.3], [0.1, 0.1], all_t, all_c, groups=[(1, 0), (2, 0)]).verdict == "partly"
     assert claims.dormant_on_text([], [], all_t, all_c, groups=[]).verdict == "not tested here"
+    # the per-head condition the chapter counts is the rule's own
+    assert claims.dormant_heads([0.8, 0.8, 0.4], [0.1, 0.9, 0.1]).tolist() == [True, False, False]
+    assert claims.dormant_heads([0.45], [0.1], min_share=0.4).tolist() == [True]
+    with pytest.raises(ValueError, match="one text and one copy"):
+        claims.dormant_heads([0.8, 0.7], [0.1])
 
 
 def test_value_drain_and_residual_norm_rules():

@@ -377,6 +377,15 @@ def second_copy_loss_lower(first: Sequence[float], second: Sequence[float], *, m
 
 # --- chapter 3: dormant heads -------------------------------------------------------------------
 
+def dormant_heads(text_share, copy_share, *, min_share: float = 0.5) -> np.ndarray:
+    """Per head, ``[n]`` bool: dormant on text, i.e. at least ``min_share`` of its attention on
+    position 0 on text and more than on the second copy of repeated tokens (where it copies)."""
+    t, c = np.asarray(text_share, dtype=float), np.asarray(copy_share, dtype=float)
+    if t.shape != c.shape:
+        raise ValueError(f"Need one text and one copy share per head, got shapes {t.shape} and {c.shape}.")
+    return (t >= min_share) & (t > c)
+
+
 def dormant_on_text(text_share, copy_share, all_text_share, all_copy_share, *, groups: Sequence, min_share: float = 0.5) -> Verdict:
     """Claim: induction heads are dormant on text, parking on the first token, and wake to copy.
 
@@ -397,7 +406,7 @@ def dormant_on_text(text_share, copy_share, all_text_share, all_copy_share, *, g
             "not reproduced = none; not tested here = no induction heads")
     if t.size == 0:
         return Verdict("not tested here", rule)
-    dormant = (t >= min_share) & (t > c)
+    dormant = dormant_heads(t, c, min_share=min_share)
     by_group: dict = {}
     for g, d in zip(groups, dormant):
         by_group[g] = by_group.get(g, True) and bool(d)
