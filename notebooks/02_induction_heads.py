@@ -282,9 +282,13 @@ dropped = [lh for lh in mean_heads if lh not in induction_heads]
 display(Markdown(
     f"Of the {len(mean_heads)} heads over the score threshold, **{len(induction_heads)} are confirmed** "
     f"induction heads" + (f"; not confirmed: {', '.join(name(*lh) for lh in dropped)}" if dropped else "")
-    + f". The weakest screen among the confirmed heads is "
-    + (f"{min(float(screen_induction[lh]) for lh in induction_heads):.0f}x" if induction_heads else "none")
-    + f" (the line: {screening.INDUCTION_THRESHOLD:g}x). The rest of the chapter, and Chapter 3, use the confirmed heads."
+    + (f". The weakest screen among the confirmed heads is {min(float(screen_induction[lh]) for lh in induction_heads):.0f}x"
+       if induction_heads else ". None is confirmed")
+    + f" (the screen's line: {screening.INDUCTION_THRESHOLD:g}x). "
+    + ("The rest of the chapter uses the confirmed heads; Chapter 3 confirms its own list the same way (without "
+       "the fixed-offset control, which the screen makes redundant)." if induction_heads else
+       "With none confirmed, the rest of the chapter has no induction heads to study: the figures below show the "
+       "best-scoring heads, and the claims about induction heads are not tested.")
 ))
 
 # %% [markdown]
@@ -388,8 +392,8 @@ code_gap = (blog_code - clean_ind)[tuple(zip(*code_set))] if code_set else torch
 display(Markdown(
     f"At threshold {threshold}: the code's `diagonal(-N+1)` flags {len(code_set)} heads and the "
     f"clean induction score {len(ind_set)} (Jaccard overlap {jaccard(code_set, ind_set):.2f}); the "
-    f"text's `A[i+N, i]` flags {len(text_set)} heads, of which {len(text_set & ind_set)} are induction "
-    f"heads and {len(text_set & dup_set)} are duplicate-token heads (Jaccard with the duplicate-token "
+    f"text's `A[i+N, i]` flags {len(text_set)} heads, of which {len(text_set & ind_set)} clear the induction "
+    f"score and {len(text_set & dup_set)} are duplicate-token heads (Jaccard with the duplicate-token "
     f"set {jaccard(text_set, dup_set):.2f}). "
     + (f"The text's heads are {', '.join(name(*lh) for lh in sorted(text_set))}; " if text_set else "")
     + (f"the BOS term `A[N-1, 0]` of the code's diagonal is {float(bos_term[tuple(zip(*code_set))].mean()):.2f} "
@@ -404,7 +408,7 @@ display(Markdown(
 
 fig, ax = plt.subplots(figsize=(4.6, 4.2))
 ax.scatter(blog_text.flatten(), blog_code.flatten(), s=10, color="0.6", label="other heads")
-for sel, color, lab in [(ind_set, "C3", "induction heads"), (dup_set, "C0", "duplicate-token heads")]:
+for sel, color, lab in [(ind_set, "C3", "induction-score heads"), (dup_set, "C0", "duplicate-token heads")]:
     if sel:
         idx = tuple(zip(*sel))
         ax.scatter(blog_text[idx], blog_code[idx], s=28, color=color, label=lab)
@@ -546,7 +550,7 @@ exercises.check_previous_token_scores(previous_token_scores)
 # ## GPT-2's known induction heads
 #
 # For GPT-2 small, the heads 5.1, 5.5, 6.9, 7.2 and 7.10 (layer.head) are the induction heads
-# reported in the literature. The comparison below is computed from the mean-over-seeds list.
+# reported in the literature. The comparison below is computed from the confirmed list.
 
 # %%
 known = [probes.parse_head(h) for h in known_gpt2_induction_heads]
@@ -565,9 +569,9 @@ else:
     gpt2_verdict = claims.known_heads_recovered(induction_heads, known, available=False)
     display(Markdown(
         f"**Not tested here: this page did not run on GPT-2** ({info.description}). Head numbers do "
-        f"not transfer between models. On this model the induction heads (mean over {n_seeds} seeds, "
-        f"score >= {threshold}) are: "
-        + (", ".join(f"{name(l, h)} ({s:.2f})" for l, h, s in found_mean) or "none")
+        f"not transfer between models. On this model the confirmed induction heads (mean score over "
+        f"{n_seeds} seeds >= {threshold}, then the control, the screen and a previous-token head below) are: "
+        + (", ".join(f"{name(l, h)} ({float(ind_mean[l, h]):.2f})" for l, h in induction_heads) or "none")
         + (f"; they sit in layers {min(l for l, _ in induction_heads)}-{max(l for l, _ in induction_heads)} "
            f"of {cfg.n_layers}, i.e. from {min(l for l, _ in induction_heads) / cfg.n_layers:.0%} to "
            f"{max(l for l, _ in induction_heads) / cfg.n_layers:.0%} of the depth (GPT-2 small's known ones: "
@@ -629,7 +633,8 @@ results = ChapterResults(
     model=info.to_dict(),
     data=DATA,
     parameters={"model_name": model_name, "n_repeat": N, "seed": seed, "threshold": threshold,
-                "n_seeds": n_seeds},
+                "n_seeds": n_seeds, "n_probe_seqs": n_probe_seqs, "probe_len": probe_len,
+                "probe_vocab_range": probe_vocab_range},
 )
 results.record(
     "seed-experiment-induction-heads",
@@ -657,7 +662,7 @@ results.record(
 results.record(
     "blog-code-diagonal-is-induction",
     "The blog's code, pattern.diagonal(-N+1).mean(), finds the induction heads",
-    value={"code_heads": sorted(name(*lh) for lh in code_set), "induction_heads": sorted(name(*lh) for lh in ind_set),
+    value={"code_heads": sorted(name(*lh) for lh in code_set), "induction_score_heads": sorted(name(*lh) for lh in ind_set),
            "jaccard": jaccard(code_set, ind_set),
            "max_abs_gap_code_vs_clean": float(code_gap.abs().max())},
     verdict=claims.with_sensitivity(claims.same_head_set, "min_jaccard", ceiling=1.0, found=code_set, reference=ind_set,

@@ -398,10 +398,10 @@ display(Markdown(
     f"layers**" + (f" ({layer_ranges(massive_layers)})" if massive_layers else "")
     + f". The largest ratio is {float(ratio[peak]):.0f}x at layer {peak} (norm {float(r0[peak]):.0f} vs a "
       f"median of {float(r_med[peak]):.0f} and a maximum of {float(r_max[peak]):.0f} elsewhere). At the "
-      f"stream the induction heads read (the output of layer{'s' if len(read_layers) > 1 else ''} "
-      f"{', '.join(str(l) for l in read_layers)}) the ratio is "
-      + (f"{float(ratio[read_layers].min()):.0f}x-{float(ratio[read_layers].max()):.0f}x. " if read_layers else "not measured "
-         "(a layer-0 head reads the embeddings). ")
+      f"stream the induction heads read "
+      + (f"(the output of layer{'s' if len(read_layers) > 1 else ''} {', '.join(str(l) for l in read_layers)}) the ratio "
+         f"is {float(ratio[read_layers].min()):.0f}x-{float(ratio[read_layers].max()):.0f}x. " if read_layers else
+         "the ratio is not measured (a layer-0 head reads the embeddings). ")
       + f"Verdict on the blog's \"relatively small\": **{small_verdict.verdict}**; on Guo et al.'s residual-state peak "
       f"(massive norm at the sink): **{peak_verdict.verdict}**."
 ))
@@ -519,7 +519,8 @@ results = ChapterResults(
     parameters={"model_name": model_name, "dataset": dataset.name, "seq_len": seq_len, "seed": seed,
                 "n_seqs": n_seqs, "n_repeat": N, "n_seeds_induction": n_seeds_induction,
                 "threshold": threshold, "n_seqs_variants": n_seqs_variants, "move_bos_to": move_bos_to,
-                "massive_ratio": massive_ratio},
+                "massive_ratio": massive_ratio, "n_probe_seqs": n_probe_seqs, "probe_len": probe_len,
+                "probe_vocab_range": probe_vocab_range},
 )
 note = "; ".join(c.replace("**", "") for c in caveats)
 no_induction_heads = (f"no confirmed induction head: score >= {threshold} (best {float(ind_mean.max()):.2f}), variable-offset "
