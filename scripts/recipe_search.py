@@ -49,8 +49,8 @@ CANDIDATES: dict[str, dict] = {
     # config with these fields replaced, which equals these configs but for the name.)
     "r6-2000-lr6e-3": dict(n_steps=2000, lr=6e-3, compile=True),
     "r6-2000-seg75": dict(n_steps=2000, random_segment_fraction=0.75, compile=True),
-    # the positions control, run 2026-12-04 after the recipe was frozen: seeds 0 and 1 formed nothing
-    # (best previous-token 0.31 / 0.29, induction 0.04 / 0.03, copy-loss ratio 0.98)
+    # the positions control, run 2026-12-04 after the recipe was frozen: seeds 0-2 formed nothing
+    # (best previous-token 0.31 / 0.29 / 0.35, induction 0.04 / 0.03 / 0.05, copy-loss ratio 0.98)
     "r6-learned-3000": dict(model={**BASE["model"], "positional": "learned"}),
     # CI size: the cheapest model that still forms the circuit. The 2-layer recipe of the notes
     # (zoo "tiny" at first) reached an induction score of 0.85 but only 30x on the screen.
