@@ -264,17 +264,17 @@ if union:
 
 # %%
 probe = screening.probe_batch(n_probe_seqs, probe_len, tuple(probe_vocab_range), seed, bos_id=bos_id)
-screen = screening.screen(model, probe, batch_size=batch_size)
-screen_induction = screen.selectivity[screening.CLASSES.index("induction")]  # [layer, head]
+screen_induction = screening.screen(model, probe, batch_size=batch_size).selectivity_of("induction")  # [layer, head]
 prev_rr = batch["previous_token"].mean(0)  # [layer, head], BOS + R + R, mean over the seeds
-confirmed_mask = formation.confirmed_induction_heads(ind_mean, screen_induction, prev_rr,
-                                                     formation.Criteria(previous_token=threshold, induction=threshold))
+criteria = formation.Criteria(previous_token=threshold, induction=threshold)
+confirmed_mask = formation.confirmed_induction_heads(ind_mean, screen_induction, prev_rr, criteria)
+prev_below = formation.above_a_previous_token_head(prev_rr, criteria)  # [layer, head]
 induction_heads = [lh for lh in mean_heads if confirmed_mask[lh] and lh not in positional]
 display(Markdown(f"Probe: {probe.describe()}."))
 display(pd.DataFrame([
     {"head": name(l, h), "induction score (mean)": float(ind_mean[l, h]), "control (R + R')": float(control_mean[l, h]),
      "screen (x random keys)": float(screen_induction[l, h]),
-     "previous-token head below": bool(prev_rr[:l].max() >= threshold) if l else False,
+     "previous-token head below": bool(prev_below[l, h]),
      "confirmed": (l, h) in induction_heads}
     for l, h in mean_heads
 ]).style.format(precision=2).hide(axis="index"))
@@ -389,6 +389,7 @@ jaccard = claims.jaccard
 
 bos_term = patterns[:, :, N - 1, 0]  # A[N-1, 0]: the BOS inside the code's diagonal
 code_gap = (blog_code - clean_ind)[tuple(zip(*code_set))] if code_set else torch.zeros(1)
+near_line = list(zip(*np.nonzero(np.abs(clean_ind.numpy() - threshold) <= 2 / (N + 2))))  # where the lists can differ
 display(Markdown(
     f"At threshold {threshold}: the code's `diagonal(-N+1)` flags {len(code_set)} heads and the "
     f"clean induction score {len(ind_set)} (Jaccard overlap {jaccard(code_set, ind_set):.2f}); the "
@@ -402,8 +403,7 @@ display(Markdown(
     + f" By construction the gap cannot exceed 2/(N+2) = {2 / (N + 2):.3f}: the code averages two extra "
       f"entries, `A[N-1, 0]` and `A[N, 1]`, with the N of the clean score, so the two lists can differ only "
       f"for heads within that distance of {threshold}"
-    + (f" (here: {', '.join(name(l, h) for l, h in zip(*np.nonzero(np.abs(clean_ind.numpy() - threshold) <= 2 / (N + 2))))})."
-       if bool((np.abs(clean_ind.numpy() - threshold) <= 2 / (N + 2)).any()) else "; none is here.")
+    + (f" (here: {', '.join(name(l, h) for l, h in near_line)})." if near_line else "; none is here.")
 ))
 
 fig, ax = plt.subplots(figsize=(4.6, 4.2))

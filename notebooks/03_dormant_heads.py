@@ -110,7 +110,7 @@ rep = torch.cat([
 rep_out = probes.score_batch(model, rep, n_repeat=N, batch_size=batch_size, include_head_output=True)
 ind_mean = rep_out["induction"].mean(0)
 probe = screening.probe_batch(n_probe_seqs, probe_len, tuple(probe_vocab_range), seed, bos_id=bos_id)
-screen_induction = screening.screen(model, probe, batch_size=batch_size).selectivity[screening.CLASSES.index("induction")]
+screen_induction = screening.screen(model, probe, batch_size=batch_size).selectivity_of("induction")
 confirmed_mask = formation.confirmed_induction_heads(ind_mean, screen_induction, rep_out["previous_token"].mean(0),
                                                      formation.Criteria(previous_token=threshold, induction=threshold))
 scored = probes.heads_over_threshold(ind_mean, threshold)

@@ -68,6 +68,7 @@ def test_confirmed_induction_heads_is_the_rule_decide_uses():
     assert F._heads(F.confirmed_induction_heads(score, screen_sel, prev, lower)) == [(2, 0), (3, 0)]
     f = _formation(previous_token_rr=prev, induction_rr=score, induction_selectivity=screen_sel)
     assert F.decide(f).induction_heads == F._heads(mask)
+    assert F.above_a_previous_token_head(prev)[:, 0].tolist() == [False, False, True, True]  # above layer 1
     with pytest.raises(ValueError, match="one shape"):
         F.confirmed_induction_heads(score, screen_sel[:2], prev)
 

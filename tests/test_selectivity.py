@@ -194,6 +194,9 @@ def test_first_crossing_and_largest_jump():
     x = [0, 10, 20, 40, 80]
     assert S.first_crossing(x, [0, 0.1, 0.6, 0.7, 0.7], 0.5) == 20
     assert S.first_crossing(x, [0, 0.1, 0.2, 0.3, 0.4], 0.5) is None
+    assert S.first_index_at_least([0, 0.1, 0.6, 0.7], 0.6) == 2 and S.first_index_at_least(torch.tensor([0.1]), 0.5) is None
+    with pytest.raises(ValueError, match="1-D"):
+        S.first_index_at_least([[0.6]], 0.5)
     step = S.largest_jump([0.07, 0.07, 0.7, 0.72])
     assert step["index"] == 1 and step["share"] == pytest.approx(0.63 / 0.65)
     ramp = S.largest_jump(np.linspace(0, 1, 11))
@@ -233,6 +236,7 @@ def test_screen_on_a_tiny_random_model():
     assert torch.allclose(attn[1], cache["pattern", 1][:, :, -1, :], atol=1e-6)
     sc = S.screen(model, p)
     assert sc.selectivity.shape == (len(S.CLASSES), 2, 4) and sc.labels.shape == (2, 4)
+    assert torch.equal(sc.selectivity_of("induction"), sc.selectivity[S.CLASSES.index("induction")])
     # an untrained model attends almost uniformly: nothing is classified
     assert (sc.labels == S.UNCLASSIFIED).all() and sc.n_induction == 0
     with pytest.raises(ValueError, match="context"):

@@ -13,6 +13,8 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import Tensor
 
+from sinklens.selectivity import first_index_at_least
+
 SINK_EPSILON = 0.3  # Gu et al. (arXiv 2410.10781): a head is a sink head when its mean attention to token 0 > 0.3
 SINK_LAYER_SHARE = 0.5  # a layer has a sink when at least half its heads are sink heads (sink metric >= 0.5)
 
@@ -44,11 +46,7 @@ def sink_metric(attention_to_first: Tensor, epsilon: float = SINK_EPSILON) -> Te
 def first_sink_layer(sink_metric_per_layer: Tensor | Sequence[float], share: float = SINK_LAYER_SHARE) -> int | None:
     """The first layer whose sink metric is at least ``share`` (at least that share of its heads are
     sink heads), or ``None`` when no layer's is."""
-    from sinklens.selectivity import first_crossing
-
-    m = torch.as_tensor(sink_metric_per_layer, dtype=torch.float64).numpy()
-    layer = first_crossing(range(len(m)), m, share)
-    return None if layer is None else int(layer)
+    return first_index_at_least(sink_metric_per_layer, share)
 
 
 def sink_onset(tokens_seen: Sequence[int], best_sink_metric: Sequence[float],
@@ -60,10 +58,10 @@ def sink_onset(tokens_seen: Sequence[int], best_sink_metric: Sequence[float],
         raise ValueError(f"Need one sink metric per checkpoint, got {len(best_sink_metric)} for {len(tokens_seen)}.")
     if list(tokens_seen) != sorted(tokens_seen):
         raise ValueError("tokens_seen must be ascending (checkpoints in training order).")
-    for i, (t, m) in enumerate(zip(tokens_seen, best_sink_metric)):
-        if m >= share:
-            return {"tokens": int(t), "before": int(tokens_seen[i - 1]) if i else None}
-    return {"tokens": None, "before": None}
+    i = first_index_at_least(best_sink_metric, share)
+    if i is None:
+        return {"tokens": None, "before": None}
+    return {"tokens": int(tokens_seen[i]), "before": int(tokens_seen[i - 1]) if i else None}
 
 
 def _count_layers(cache) -> int:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from sinklens.provenance import VERDICTS
+from sinklens.selectivity import first_index_at_least
 from sinklens.scores import attention_kurtosis, column_means
 
 V = TypeVar("V")
@@ -112,12 +113,11 @@ def with_sensitivity(rule: Callable[..., Verdict], vary: str, /, *, floor: float
         raise ValueError(f"{vary!r} must be passed by keyword to be varied.")
     base = rule(**kwargs)
     t = kwargs[vary]
-    varied = {label: rule(**{**kwargs, vary: varied_threshold(t, factor, floor=floor, ceiling=ceiling)}).verdict
-              for label, factor in (("0.5x", 0.5), ("2x", 2.0))}
+    lines = {label: varied_threshold(t, factor, floor=floor, ceiling=ceiling) for label, factor in (("0.5x", 0.5), ("2x", 2.0))}
+    varied = {label: rule(**{**kwargs, vary: line}).verdict for label, line in lines.items()}
     if ceiling is not None:
-        lo, hi = (varied_threshold(t, f, floor=floor, ceiling=ceiling) for f in (0.5, 2.0))
         base = replace(base, rule=f"{base.rule} (0.5x / 2x: of the threshold's odds within [{floor or 0:g}, "
-                                  f"{ceiling:g}], the quantity's range: lines {lo:.3g} / {hi:.3g})")
+                                  f"{ceiling:g}], the quantity's range: lines {lines['0.5x']:.3g} / {lines['2x']:.3g})")
     elif floor is not None:
         base = replace(base, rule=f"{base.rule} (0.5x / 2x: of the threshold's distance above {floor:g}, the least "
                                   "possible value)")
@@ -552,11 +552,7 @@ def sink_emerges_early(onset_tokens: Mapping[int, int | None], total_tokens: int
 def first_massive_layer(norm_ratio_by_layer: Sequence[float], massive_ratio: float) -> int | None:
     """The first layer whose position-0 residual norm ratio (to the other positions' median) is at
     least ``massive_ratio``; ``None`` when no layer's is."""
-    from sinklens.selectivity import first_crossing
-
-    r = np.asarray(norm_ratio_by_layer, dtype=float)
-    layer = first_crossing(range(len(r)), r, massive_ratio)
-    return None if layer is None else int(layer)
+    return first_index_at_least(norm_ratio_by_layer, massive_ratio)
 
 
 def signature_in_first_two_layers(norm_ratios: Mapping[str, Sequence[float]], *, massive_ratio: float = 10.0,

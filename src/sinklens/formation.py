@@ -112,11 +112,18 @@ def confirmed_induction_heads(induction_score, induction_selectivity, previous_t
     if not score.shape == screen_sel.shape == prev.shape or score.ndim != 2:
         raise ValueError(f"Scores must all be [layer, head] of one shape, got {score.shape}, {screen_sel.shape} "
                          f"and {prev.shape}.")
-    prev_layers = np.nonzero((prev >= criteria.previous_token).any(axis=1))[0]
-    above = np.zeros_like(score, dtype=bool)
-    if len(prev_layers):
-        above[int(prev_layers.min()) + 1 :] = True
-    return (score >= criteria.induction) & (screen_sel >= criteria.selectivity) & above
+    return (score >= criteria.induction) & (screen_sel >= criteria.selectivity) & above_a_previous_token_head(prev, criteria)
+
+
+def above_a_previous_token_head(previous_token, criteria: Criteria = Criteria()) -> np.ndarray:
+    """``[layer, head]`` bool: True for every head in a layer above the lowest head whose
+    previous-token score reaches ``criteria.previous_token`` (all False when none does)."""
+    prev = np.asarray(previous_token, dtype=float)
+    layers_with_one = np.flatnonzero((prev >= criteria.previous_token).any(axis=1))
+    above = np.zeros(prev.shape, dtype=bool)
+    if len(layers_with_one):
+        above[int(layers_with_one[0]) + 1 :] = True
+    return above
 
 
 def decide(f: Formation, criteria: Criteria = Criteria()) -> Decision:
@@ -163,7 +170,7 @@ def measure(model, text: Tensor, repeated: Tensor, probe: sel.Probe, *, batch_si
     first = loss[:, 1:n_repeat].mean().item()
     second = loss[:, n_repeat:].mean().item()
     screen = sel.screen(model, probe, batch_size=batch_size)
-    induction_sel = screen.selectivity[sel.CLASSES.index("induction")]
+    induction_sel = screen.selectivity_of("induction")
     as_np = lambda t: t.detach().float().cpu().numpy()  # noqa: E731
     return Formation(
         previous_token_text=as_np(tx["previous_token"]), previous_token_rr=as_np(rr["previous_token"]),

@@ -281,6 +281,10 @@ class Screen:
     def fractions(self) -> Tensor:  # [class, layer]
         return class_fractions(self.labels)
 
+    def selectivity_of(self, cls: str) -> Tensor:
+        """``[layer, head]``: every head's selectivity for class ``cls`` (e.g. ``"induction"``)."""
+        return self.selectivity[CLASSES.index(cls)]
+
     def fraction(self, cls: str) -> float:
         """Share of all heads (every layer) classified as ``cls``."""
         return float((self.labels == CLASSES.index(cls)).float().mean())
@@ -307,13 +311,23 @@ def screen(
     return Screen(sel, classify(sel, classify_threshold), induction_members(sel, induction_threshold))
 
 
+def first_index_at_least(y: np.ndarray | Sequence[float] | Tensor, threshold: float) -> int | None:
+    """The first index ``i`` with ``y[i] >= threshold`` (e.g. the first layer whose metric reaches a
+    line, or the first checkpoint), or ``None`` if none does."""
+    y = np.asarray(y, dtype=float)
+    if y.ndim != 1:
+        raise ValueError(f"y must be 1-D, got shape {y.shape}.")
+    hit = np.flatnonzero(y >= threshold)
+    return int(hit[0]) if len(hit) else None
+
+
 def first_crossing(x: np.ndarray | list, y: np.ndarray | list, threshold: float) -> float | None:
     """The first ``x`` (e.g. tokens seen) where ``y >= threshold``, or ``None`` if never."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if x.shape != y.shape or x.ndim != 1:
         raise ValueError(f"x and y must be 1-D of the same length, got {x.shape} and {y.shape}.")
-    hit = np.flatnonzero(y >= threshold)
-    return float(x[hit[0]]) if len(hit) else None
+    i = first_index_at_least(y, threshold)
+    return None if i is None else float(x[i])
 
 
 def largest_jump(y: np.ndarray | list) -> dict:
