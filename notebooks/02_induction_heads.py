@@ -36,6 +36,7 @@ batch_size = 8
 n_heads_to_plot = 4  # attention patterns shown as static figures
 n_composition_seeds = 4  # sequences for the composition test (previous-token heads ablated)
 min_drop = 0.5  # composition: ablating the previous-token heads must remove this share of the induction score
+n_control_sets = 8  # composition control: random sets of as many other heads in the same layers
 n_probe_seqs = 64  # variable-offset screen: probe sequences (the paper: 2000; 256 took 4.5 min on one core)
 probe_len = 128  # tokens per probe sequence (the paper: 256)
 probe_vocab_range = [1000, 10000]  # probe token ids [lo, hi): ordinary tokens, no special ids
@@ -55,7 +56,7 @@ from IPython.display import HTML, Markdown, display
 
 from sinklens import claims, formation, probes
 from sinklens import selectivity as screening
-from sinklens.head_ablation import patterns_with_heads_ablated
+from sinklens.head_ablation import matched_random_head_sets, patterns_with_heads_ablated
 from sinklens import scores as S
 from sinklens.data import repeated_random_tokens
 from sinklens.models import load_model
@@ -484,43 +485,75 @@ display(Markdown(
 # That previous-token heads sit below the induction heads is only an existence check. The circuit
 # claim is that the induction heads *use* them: zero the previous-token heads' outputs (`hook_z`)
 # and the induction heads should lose their target. The control zeroes as many other heads of
-# the same layers (the ones with the lowest previous-token scores): if any ablation of that size
-# hurt as much, the effect would not be the circuit's.
+# the same layers, drawn at random several times: if some ablation of that size hurt as much, the
+# effect would not be the circuit's. The strongest control is the one that counts. (Taking the
+# heads with the lowest previous-token scores instead would pick a fixed set that may be
+# near-silent heads, which cannot hurt much whatever the circuit.)
 
 # %%
 comp_tokens = rep[:n_composition_seeds]
 ind_of = lambda cache: S.induction_scores(cache, N)  # noqa: E731  [layer, head]
 if prev_before and induction_heads:
-    control_heads = []  # per layer, as many non-previous-token heads as it has previous-token heads, lowest scores first
-    for l in dict.fromkeys(l for l, _ in prev_before):
-        need = sum(1 for ll, _ in prev_before if ll == l)
-        others = sorted((h for h in range(cfg.n_heads) if (l, h) not in prev_heads), key=lambda h: float(prev_mean[l, h]))
-        control_heads += [(l, h) for h in others[:need]]
+    # per control set, as many heads of each layer as the previous-token heads there, none a previous-token head
+    control_sets = matched_random_head_sets(prev_before, cfg.n_heads, exclude=prev_heads, n_sets=n_control_sets,
+                                            seed=seed)
     idx = tuple(zip(*induction_heads))
     _, clean_cache = model.run_with_cache(comp_tokens, names_filter=probes.hook_filter("pattern"))
     comp_clean = float(ind_of(clean_cache)[idx].mean())
     comp_prev = float(ind_of(patterns_with_heads_ablated(model, comp_tokens, prev_before))[idx].mean())
-    comp_ctrl = float(ind_of(patterns_with_heads_ablated(model, comp_tokens, control_heads))[idx].mean())
+    comp_ctrl_each = [float(ind_of(patterns_with_heads_ablated(model, comp_tokens, heads))[idx].mean())
+                      for heads in control_sets]
+    strongest = int(np.argmin(comp_ctrl_each))  # the control that hurts most
+    control_heads, comp_ctrl = control_sets[strongest], comp_ctrl_each[strongest]
     display(pd.DataFrame([
         {"ablated": "nothing", "heads": "", "induction heads' mean score": comp_clean},
         {"ablated": "previous-token heads below", "heads": ", ".join(name(*lh) for lh in prev_before),
          "induction heads' mean score": comp_prev},
-        {"ablated": "control: as many other heads, same layers", "heads": ", ".join(name(*lh) for lh in control_heads),
-         "induction heads' mean score": comp_ctrl},
+    ] + [
+        {"ablated": f"control {i + 1}: as many random other heads, same layers" + (" (strongest)" if i == strongest else ""),
+         "heads": ", ".join(name(*lh) for lh in heads), "induction heads' mean score": score}
+        for i, (heads, score) in enumerate(zip(control_sets, comp_ctrl_each))
     ]).style.format({"induction heads' mean score": "{:.3f}"}).hide(axis="index"))
 else:
-    control_heads, comp_clean, comp_prev, comp_ctrl = [], float("nan"), float("nan"), float("nan")
+    control_sets, control_heads, comp_ctrl_each = [], [], []
+    comp_clean, comp_prev, comp_ctrl = float("nan"), float("nan"), float("nan")
 v_compose = claims.with_sensitivity(
     claims.previous_token_heads_compose, "min_drop", ceiling=1.0, clean_score=comp_clean,
-    score_without_previous=comp_prev, score_without_control=comp_ctrl, min_drop=min_drop,
+    score_without_previous=comp_prev, score_without_control=comp_ctrl_each or [comp_ctrl], min_drop=min_drop,
     heads_present=bool(prev_before and induction_heads))
 display(Markdown(
     (f"Zeroing the {len(prev_before)} previous-token heads below the induction heads moves the induction heads' "
-     f"mean score from {comp_clean:.3f} to {comp_prev:.3f} ({1 - comp_prev / comp_clean:.0%} gone); zeroing the "
-     f"{len(control_heads)} control heads moves it to {comp_ctrl:.3f} ({1 - comp_ctrl / comp_clean:.0%} gone). "
+     f"mean score from {comp_clean:.3f} to {comp_prev:.3f} ({1 - comp_prev / comp_clean:.0%} gone); zeroing "
+     f"{len(control_heads)} other heads of the same layers, in {len(control_sets)} random sets, moves it to between "
+     f"{min(comp_ctrl_each):.3f} and {max(comp_ctrl_each):.3f}: the strongest control removes "
+     f"{1 - comp_ctrl / comp_clean:.0%} of it. "
      if prev_before and induction_heads else "No previous-token head sits below an induction head here. ")
     + f"Verdict: **{v_compose.verdict}** ({v_compose.rule})."
 ))
+
+# %% [markdown]
+# One head at a time: the same ablation, of each previous-token head alone and of each head of the
+# strongest control set alone. It shows which heads the two set results come from.
+
+# %%
+single_heads = list(dict.fromkeys(prev_before + control_heads))
+comp_single = {lh: float(ind_of(patterns_with_heads_ablated(model, comp_tokens, [lh]))[idx].mean())
+               for lh in single_heads} if prev_before and induction_heads else {}
+if comp_single:
+    display(pd.DataFrame([
+        {"head ablated alone": name(*lh), "set": "previous-token" if lh in prev_before else "strongest control",
+         "previous-token score": float(prev_mean[lh]), "induction heads' mean score": score,
+         "share of the score gone": 1 - score / comp_clean}
+        for lh, score in comp_single.items()
+    ]).style.format({"previous-token score": "{:.2f}", "induction heads' mean score": "{:.3f}",
+                     "share of the score gone": "{:.0%}"}).hide(axis="index"))
+    big = [lh for lh, score in comp_single.items() if 1 - score / comp_clean >= min_drop]
+    display(Markdown(
+        f"Heads whose ablation alone removes at least {min_drop:.0%} of the induction heads' score: "
+        + (", ".join(f"{name(*lh)} ({'previous-token' if lh in prev_before else 'control'}, "
+                     f"{1 - comp_single[lh] / comp_clean:.0%})" for lh in big) or "none")
+        + "."
+    ))
 
 # %% [markdown]
 # ### Exercise: the previous-token score
@@ -686,6 +719,9 @@ results.record(
            "below_first_induction_layer": [name(*lh) for lh in prev_before], "first_induction_layer": first_ind_layer,
            "control_heads": [name(*lh) for lh in control_heads], "induction_score_clean": comp_clean,
            "induction_score_previous_ablated": comp_prev, "induction_score_control_ablated": comp_ctrl,
+           "control_sets": [[name(*lh) for lh in heads] for heads in control_sets],
+           "induction_score_each_control_ablated": comp_ctrl_each,
+           "induction_score_one_head_ablated": {name(*lh): v for lh, v in comp_single.items()},
            "n_sequences": int(comp_tokens.shape[0])},
     verdict=v_compose,
     source="Olsson et al. 2022 (induction circuit)", seeds=seeds[:n_composition_seeds],

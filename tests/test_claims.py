@@ -239,6 +239,16 @@ def test_previous_token_heads_compose(without_prev, without_ctrl, present, expec
     assert v.verdict == expected
 
 
+def test_previous_token_heads_compose_takes_the_strongest_control():
+    # one of several random control sets hurts as much as the previous-token heads: not the circuit's effect
+    assert claims.previous_token_heads_compose(0.6, 0.1, [0.55, 0.58, 0.1]).verdict == "not reproduced"
+    # every control is mild: reproduced; a control that hurts more than min_drop but less than the heads: partly
+    assert claims.previous_token_heads_compose(0.6, 0.1, [0.55, 0.5, 0.45]).verdict == "reproduced"
+    assert claims.previous_token_heads_compose(0.6, 0.1, [0.55, 0.2]).verdict == "partly"
+    with pytest.raises(ValueError):
+        claims.previous_token_heads_compose(0.6, 0.1, [])
+
+
 def test_known_heads_and_second_copy_loss():
     assert claims.known_heads_recovered({1, 2}, {1, 2}).verdict == "reproduced"
     assert claims.known_heads_recovered({1}, {1, 2}).verdict == "partly"

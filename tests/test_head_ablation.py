@@ -143,6 +143,22 @@ def test_patterns_with_heads_ablated_changes_only_later_layers_and_leaves_no_hoo
     assert torch.allclose(ha.patterns_with_heads_ablated(model, tokens, [])[key1], clean[key1])
 
 
+def test_matched_random_head_sets_match_layers_and_avoid_excluded_heads():
+    heads = [(0, 1), (0, 3), (2, 0)]
+    exclude = [(0, 1), (0, 3), (0, 5), (2, 0)]
+    sets = ha.matched_random_head_sets(heads, 8, exclude=exclude, n_sets=20, seed=3)
+    assert len(sets) == 20
+    for s in sets:
+        assert sorted(l for l, _ in s) == [0, 0, 2]  # as many per layer as the ablated heads
+        assert len(set(s)) == 3 and not set(s) & set(exclude)
+    assert len({tuple(s) for s in sets}) > 1  # random, not the same set every time
+    assert sets == ha.matched_random_head_sets(heads, 8, exclude=exclude, n_sets=20, seed=3)  # seeded
+    with pytest.raises(ValueError, match="fewer than"):
+        ha.matched_random_head_sets([(0, 0), (0, 1)], 3, exclude=[(0, 2)], n_sets=1)
+    with pytest.raises(ValueError):
+        ha.matched_random_head_sets(heads, 8, exclude=exclude, n_sets=0)
+
+
 def test_score_batch_head_output_norms_match_hook_z():
     from sinklens import probes
 

@@ -326,24 +326,30 @@ def same_head_set(found: Iterable, reference: Iterable, *, min_jaccard: float = 
     return Verdict("partly" if found & reference else "not reproduced", rule)
 
 
-def previous_token_heads_compose(clean_score: float, score_without_previous: float, score_without_control: float,
+def previous_token_heads_compose(clean_score: float, score_without_previous: float,
+                                 score_without_control: float | Sequence[float],
                                  *, min_drop: float = 0.5, heads_present: bool = True) -> Verdict:
     """Claim: the induction heads rely on previous-token heads below them (K-composition).
 
     The induction heads' mean score on BOS + R + R, clean, with the previous-token heads below them
-    zero-ablated, and with as many other heads of the same layers zero-ablated (the control: any
-    ablation of that size might hurt). ``min_drop``: the share of the score that must go.
+    zero-ablated, and with each control set zero-ablated: as many other heads of the same layers,
+    one score per set (``head_ablation.matched_random_head_sets``; any ablation of that size
+    might hurt). The control that hurts most is the one the previous-token ablation must beat.
+    ``min_drop``: the share of the score that must go.
     """
     rule = (f"reproduced = ablating the previous-token heads removes >= {min_drop:.0%} of the induction score and "
-            f"the matched control (as many other heads, same layers) removes less than {min_drop:.0%}; partly = the "
-            "previous-token ablation hurts more than the control but less than that; not reproduced = it does not "
-            "hurt more than the control; not tested here = no previous-token heads below induction heads")
+            f"every matched control (as many other heads, same layers) removes less than {min_drop:.0%}; partly = "
+            "the previous-token ablation hurts more than every control but less than that; not reproduced = some "
+            "control hurts as much; not tested here = no previous-token heads below induction heads")
     if not heads_present:
         return Verdict("not tested here", rule)
     if clean_score <= 0:
         raise ValueError(f"The clean induction score must be positive, got {clean_score}.")
+    controls = np.atleast_1d(np.asarray(score_without_control, dtype=float))
+    if controls.size == 0:
+        raise ValueError("Need at least one control score.")
     drop_prev = 1 - score_without_previous / clean_score
-    drop_ctrl = 1 - score_without_control / clean_score
+    drop_ctrl = float((1 - controls / clean_score).max())  # the strongest control
     if drop_prev >= min_drop and drop_ctrl < min_drop:
         return Verdict("reproduced", rule)
     return Verdict("partly" if drop_prev > drop_ctrl else "not reproduced", rule)

@@ -5,6 +5,8 @@
   forward pass per layer (and per chunk of sequences) ablates every head of that layer at once,
   each in its own copy of the batch, so a model with ``L`` layers costs ``L`` passes of
   ``n_heads x batch`` sequences instead of ``L * n_heads`` passes.
+- :func:`patterns_with_heads_ablated`, :func:`matched_random_head_sets`: a composition test's
+  ablation (several heads zeroed together, the later layers' patterns read) and its control sets.
 - :func:`per_sequence_loss`: mean next-token cross-entropy of each sequence, ``[batch]``.
 - :func:`top_k_heads`, :func:`median_layer_of_top_k`, :func:`normalised_depth`: the layer
   distribution of the ``k`` highest-scoring heads of a type, normalised by depth as
@@ -127,6 +129,29 @@ def patterns_with_heads_ablated(model, tokens: Tensor, heads: Sequence[tuple[int
     with model.hooks(fwd_hooks=hooks):
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
     return cache
+
+
+def matched_random_head_sets(heads: Sequence[tuple[int, int]], n_heads: int, *, exclude: Sequence[tuple[int, int]],
+                             n_sets: int, seed: int = 0) -> list[list[tuple[int, int]]]:
+    """Control sets for an ablation of ``heads``: ``n_sets`` random sets, each with as many heads in
+    every layer as ``heads`` has there, drawn without replacement from that layer's heads that are
+    not in ``exclude`` (which should hold ``heads`` themselves). A composition test compares the
+    ablation of ``heads`` with each of these: a random choice of the same size and layers could
+    hit heads that matter, where the lowest-scoring heads of a type may be near-silent ones."""
+    if n_sets < 1:
+        raise ValueError(f"n_sets must be at least 1, got {n_sets}.")
+    excluded = {(int(l), int(h)) for l, h in exclude} | {(int(l), int(h)) for l, h in heads}
+    need: dict[int, int] = {}
+    for l, _ in heads:
+        need[int(l)] = need.get(int(l), 0) + 1
+    candidates = {l: [h for h in range(n_heads) if (l, h) not in excluded] for l in need}
+    for l, k in need.items():
+        if len(candidates[l]) < k:
+            raise ValueError(f"Layer {l} has {len(candidates[l])} heads outside the excluded ones, "
+                             f"fewer than the {k} a matched control needs.")
+    rng = np.random.default_rng(seed)
+    return [[(l, int(h)) for l, k in need.items() for h in sorted(rng.choice(candidates[l], size=k, replace=False))]
+            for _ in range(n_sets)]
 
 
 @torch.no_grad()
