@@ -206,6 +206,7 @@ dormant_verdict = claims.with_sensitivity(
     copy_share=rep2_mean.tolist() if induction_found else [], all_text_share=all_txt.flatten().tolist(),
     all_copy_share=all_rep2.flatten().tolist(), groups=groups if induction_found else [], min_share=dormant_share)
 all_parked = float((all_txt >= dormant_share).float().mean())
+copy_bound = 1 - ind_mean[L_idx, H_idx]  # [head]: position 0 and the induction target share the second copy's attention
 display(Markdown(
     f"On natural text the induction heads put **{float(txt_mean.min()):.2f}-{float(txt_mean.max()):.2f}** of "
     f"their attention on position 0 (mean over {n_seqs} sequences; {float(seed_txt.min()):.2f}-"
@@ -218,7 +219,10 @@ display(Markdown(
     f"{cfg.n_layers * cfg.n_heads} heads put at least {dormant_share:g} of their attention there on text. What is "
     f"special is the *switch*: the induction heads' attention to position 0 drops by "
     f"{float((txt_mean - rep2_mean).mean()):.2f} on average from text to the second copy, against "
-    f"{float((all_txt - all_rep2).mean()):.2f} for the average head. "
+    f"{float((all_txt - all_rep2).mean()):.2f} for the average head. That switch is largely how the heads were "
+    f"chosen: over the second copy, a head's attention to position 0 is at most 1 minus its induction score on the "
+    f"same sequences (here those bounds are {float(copy_bound.min()):.2f}-{float(copy_bound.max()):.2f}, and the "
+    f"shares {float(rep2_mean.min()):.2f}-{float(rep2_mean.max()):.2f}). What the test adds is the text share.\n\n"
     + (f"**Grouped-query attention:** this model has {cfg.n_heads} query heads but {n_kv} key/value heads per layer, "
        f"so these {len(heads)} heads are {n_groups} independent key/value groups, and the verdict counts groups. "
        if n_kv and n_kv != cfg.n_heads else "")
@@ -538,6 +542,7 @@ results.record(
            "share_of_all_heads_parked_on_text": all_parked,
            "switch_text_minus_copy_induction_mean": float((txt_mean - rep2_mean).mean()),
            "switch_text_minus_copy_all_heads_mean": float((all_txt - all_rep2).mean()),
+           "second_copy_share_bound_one_minus_induction_score": dict(zip([name(*lh) for lh in heads], copy_bound.tolist())),
            "output_norm_text_over_copy": dict(zip([name(*lh) for lh in heads], (z_txt / z_rep2).tolist())),
            "output_norm_text_over_copy_all_heads_median": float(z_all_ratio.median())},
     verdict=dormant_verdict, source="source blog; Guo et al. 2024", seeds=[seed], details=note,
