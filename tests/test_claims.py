@@ -247,6 +247,9 @@ def test_previous_token_heads_compose_takes_the_strongest_control():
     assert claims.previous_token_heads_compose(0.6, 0.1, [0.55, 0.2]).verdict == "partly"
     with pytest.raises(ValueError):
         claims.previous_token_heads_compose(0.6, 0.1, [])
+    for bad in [(float("nan"), 0.1, [0.5]), (0.6, float("nan"), [0.5]), (0.6, 0.1, [0.5, float("nan")])]:
+        with pytest.raises(ValueError, match="finite"):
+            claims.previous_token_heads_compose(*bad)
 
 
 def test_known_heads_and_second_copy_loss():

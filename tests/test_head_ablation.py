@@ -153,6 +153,11 @@ def test_matched_random_head_sets_match_layers_and_avoid_excluded_heads():
         assert len(set(s)) == 3 and not set(s) & set(exclude)
     assert len({tuple(s) for s in sets}) > 1  # random, not the same set every time
     assert sets == ha.matched_random_head_sets(heads, 8, exclude=exclude, n_sets=20, seed=3)  # seeded
+    assert sets == ha.matched_random_head_sets(heads[::-1], 8, exclude=exclude, n_sets=20, seed=3)  # order-free
+    with pytest.raises(ValueError, match="distinct"):
+        ha.matched_random_head_sets([(0, 1), (0, 1)], 8, exclude=[], n_sets=1)
+    with pytest.raises(ValueError, match="distinct"):
+        ha.matched_random_head_sets([(0, 8)], 8, exclude=[], n_sets=1)
     with pytest.raises(ValueError, match="fewer than"):
         ha.matched_random_head_sets([(0, 0), (0, 1)], 3, exclude=[(0, 2)], n_sets=1)
     with pytest.raises(ValueError):

@@ -338,16 +338,19 @@ def previous_token_heads_compose(clean_score: float, score_without_previous: flo
     ``min_drop``: the share of the score that must go.
     """
     rule = (f"reproduced = ablating the previous-token heads removes >= {min_drop:.0%} of the induction score and "
-            f"every matched control (as many other heads, same layers) removes less than {min_drop:.0%}; partly = "
-            "the previous-token ablation hurts more than every control but less than that; not reproduced = some "
-            "control hurts as much; not tested here = no previous-token heads below induction heads")
+            f"every matched control (as many random other heads, same layers) removes less than {min_drop:.0%}; "
+            f"partly = the previous-token ablation hurts more than every control, but removes less than {min_drop:.0%} "
+            f"or some control also removes {min_drop:.0%} or more; not reproduced = some control hurts as much; "
+            "not tested here = no previous-token heads below induction heads")
     if not heads_present:
         return Verdict("not tested here", rule)
-    if clean_score <= 0:
-        raise ValueError(f"The clean induction score must be positive, got {clean_score}.")
     controls = np.atleast_1d(np.asarray(score_without_control, dtype=float))
     if controls.size == 0:
         raise ValueError("Need at least one control score.")
+    if not (np.isfinite(clean_score) and np.isfinite(score_without_previous) and np.isfinite(controls).all()):
+        raise ValueError("The clean, previous-token-ablated and control scores must all be finite numbers.")
+    if clean_score <= 0:
+        raise ValueError(f"The clean induction score must be positive, got {clean_score}.")
     drop_prev = 1 - score_without_previous / clean_score
     drop_ctrl = float((1 - controls / clean_score).max())  # the strongest control
     if drop_prev >= min_drop and drop_ctrl < min_drop:

@@ -135,15 +135,19 @@ def matched_random_head_sets(heads: Sequence[tuple[int, int]], n_heads: int, *, 
                              n_sets: int, seed: int = 0) -> list[list[tuple[int, int]]]:
     """Control sets for an ablation of ``heads``: ``n_sets`` random sets, each with as many heads in
     every layer as ``heads`` has there, drawn without replacement from that layer's heads that are
-    not in ``exclude`` (which should hold ``heads`` themselves). A composition test compares the
+    not in ``exclude`` (``heads`` are excluded too). The sets are seeded and depend on ``heads`` as a
+    set, not on their order; two draws may give the same set. A composition test compares the
     ablation of ``heads`` with each of these: a random choice of the same size and layers could
     hit heads that matter, where the lowest-scoring heads of a type may be near-silent ones."""
     if n_sets < 1:
         raise ValueError(f"n_sets must be at least 1, got {n_sets}.")
-    excluded = {(int(l), int(h)) for l, h in exclude} | {(int(l), int(h)) for l, h in heads}
+    heads = [(int(l), int(h)) for l, h in heads]
+    if len(set(heads)) != len(heads) or any(not 0 <= h < n_heads or l < 0 for l, h in heads):
+        raise ValueError(f"The ablated heads must be distinct (layer, head) pairs with 0 <= head < {n_heads}, got {heads}.")
+    excluded = {(int(l), int(h)) for l, h in exclude} | set(heads)
     need: dict[int, int] = {}
-    for l, _ in heads:
-        need[int(l)] = need.get(int(l), 0) + 1
+    for l, _ in sorted(heads):  # layers in order: the sets depend on the heads, not on the order they come in
+        need[l] = need.get(l, 0) + 1
     candidates = {l: [h for h in range(n_heads) if (l, h) not in excluded] for l in need}
     for l, k in need.items():
         if len(candidates[l]) < k:
