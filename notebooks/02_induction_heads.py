@@ -496,10 +496,11 @@ comp_tokens = rep[:n_composition_seeds]
 ind_of = lambda cache: S.induction_scores(cache, N)  # noqa: E731  [layer, head]
 heads_present = bool(prev_before and induction_heads)
 no_control = ""  # why no matched control could be drawn, if so
+draw_seeds = list(range(seed, seed + 1 + n_control_draw_checks))  # the page's draw, then the record's (below)
 if heads_present:
     try:  # per control set, as many heads of each layer as the previous-token heads there, none a previous-token head
-        control_sets = matched_random_head_sets(prev_before, cfg.n_heads, exclude=prev_heads, n_sets=n_control_sets,
-                                                seed=seed)
+        sets_by_draw = {s: matched_random_head_sets(prev_before, cfg.n_heads, exclude=prev_heads, n_sets=n_control_sets,
+                                                    seed=s) for s in draw_seeds}
     except ValueError as err:
         no_control, heads_present = f"no matched control: {err}", False
 if heads_present:
@@ -508,7 +509,8 @@ if heads_present:
     comp_clean = float(ind_of(clean_cache)[idx].mean())
     score_without = lambda heads: float(ind_of(patterns_with_heads_ablated(model, comp_tokens, heads))[idx].mean())  # noqa: E731
     comp_prev = score_without(prev_before)
-    comp_ctrl_each = [score_without(heads) for heads in control_sets]
+    scores_by_draw = {s: [score_without(heads) for heads in sets] for s, sets in sets_by_draw.items()}
+    control_sets, comp_ctrl_each = sets_by_draw[seed], scores_by_draw[seed]
     strongest = int(np.argmin(comp_ctrl_each))  # the control that hurts most
     control_heads, comp_ctrl = control_sets[strongest], comp_ctrl_each[strongest]
     display(pd.DataFrame([
@@ -521,19 +523,20 @@ if heads_present:
         for i, (heads, score) in enumerate(zip(control_sets, comp_ctrl_each))
     ]).style.format({"induction heads' mean score": "{:.3f}"}).hide(axis="index"))
 else:
-    control_sets, control_heads, comp_ctrl_each = [], [], []
+    control_sets, control_heads, comp_ctrl_each, scores_by_draw = [], [], [], {}
     comp_clean, comp_prev, comp_ctrl = float("nan"), float("nan"), float("nan")
 v_compose = claims.with_sensitivity(
     claims.previous_token_heads_compose, "min_drop", ceiling=1.0, clean_score=comp_clean,
     score_without_previous=comp_prev, score_without_control=comp_ctrl_each, min_drop=min_drop,
     heads_present=heads_present)
+drop = lambda score: 1 - score / comp_clean  # noqa: E731  the share of the clean induction score an ablation removes
 pct = lambda x: f"{round(x, 2) + 0.0:.0%}"  # noqa: E731  a share as a percentage, never "-0%"
 display(Markdown(
     (f"Zeroing the {len(prev_before)} previous-token heads below the induction heads moves the induction heads' "
-     f"mean score from {comp_clean:.3f} to {comp_prev:.3f} ({pct(1 - comp_prev / comp_clean)} gone); zeroing "
+     f"mean score from {comp_clean:.3f} to {comp_prev:.3f} ({pct(drop(comp_prev))} gone); zeroing "
      f"{len(control_heads)} other heads of the same layers, in {len(control_sets)} random sets, moves it to between "
      f"{min(comp_ctrl_each):.3f} and {max(comp_ctrl_each):.3f}: the strongest control removes "
-     f"{pct(1 - comp_ctrl / comp_clean)} of it. "
+     f"{pct(drop(comp_ctrl))} of it. "
      if heads_present else (f"No matched control could be drawn ({no_control}). " if no_control else
                             "No previous-token head sits below an induction head here. "))
     + f"Verdict: **{v_compose.verdict}** ({v_compose.rule})."
@@ -545,25 +548,22 @@ display(Markdown(
 # not part of the verdict.
 
 # %%
-draw_checks = {}  # draw seed -> (verdict, the strongest control's drop)
-all_control_drops = [1 - c / comp_clean for c in comp_ctrl_each]
-if heads_present:
-    for draw_seed in range(seed + 1, seed + 1 + n_control_draw_checks):
-        other_sets = matched_random_head_sets(prev_before, cfg.n_heads, exclude=prev_heads, n_sets=n_control_sets,
-                                              seed=draw_seed)
-        other_scores = [score_without(heads) for heads in other_sets]
-        all_control_drops += [1 - c / comp_clean for c in other_scores]
-        draw_checks[draw_seed] = (claims.previous_token_heads_compose(
-            comp_clean, comp_prev, other_scores, min_drop=min_drop).verdict, 1 - min(other_scores) / comp_clean)
+draw_checks = {  # draw seed -> (verdict, the strongest control's drop), the page's draw first
+    s: (claims.previous_token_heads_compose(comp_clean, comp_prev, scores, min_drop=min_drop).verdict,
+        drop(min(scores)))
+    for s, scores in scores_by_draw.items()
+}
+if draw_checks:
     display(pd.DataFrame([{"draw seed": s, "verdict": v, "strongest control removes": pct(d)}
-                          for s, (v, d) in {seed: (v_compose.verdict, 1 - comp_ctrl / comp_clean), **draw_checks}.items()]
-                         ).style.hide(axis="index"))
+                          for s, (v, d) in draw_checks.items()]).style.hide(axis="index"))
+    all_control_drops = [drop(c) for scores in scores_by_draw.values() for c in scores]
     share_big = float(np.mean(np.asarray(all_control_drops) >= min_drop))
     display(Markdown(
-        f"Over all {len(all_control_drops)} control sets of these {1 + n_control_draw_checks} draws, "
+        f"Over all {len(all_control_drops)} control sets of these {len(draw_checks)} draws, "
         f"{share_big:.0%} remove at least {min_drop:.0%} of the induction heads' score. The verdict with the page's "
         f"draw is **{v_compose.verdict}**; with the other draws: "
-        + ", ".join(f"{v} ({n})" for v, n in pd.Series([v for v, _ in draw_checks.values()]).value_counts().items()) + "."
+        + ", ".join(f"{v} ({n})" for v, n in pd.Series([v for s, (v, _) in draw_checks.items() if s != seed])
+                    .value_counts().items()) + "."
     ))
 else:
     share_big = float("nan")
@@ -580,21 +580,21 @@ if comp_single:
     display(pd.DataFrame([
         {"head ablated alone": name(*lh), "set": "previous-token" if lh in prev_before else "strongest control",
          "previous-token score": float(prev_mean[lh]), "induction heads' mean score": score,
-         "share of the score gone": pct(1 - score / comp_clean)}
+         "share of the score gone": pct(drop(score))}
         for lh, score in comp_single.items()
     ]).style.format({"previous-token score": "{:.2f}", "induction heads' mean score": "{:.3f}"}).hide(axis="index"))
-    big = [lh for lh, score in comp_single.items() if 1 - score / comp_clean >= min_drop]
-    alone_sum = {label: sum(1 - comp_single[lh] / comp_clean for lh in heads)
+    big = [lh for lh, score in comp_single.items() if drop(score) >= min_drop]
+    alone_sum = {label: sum(drop(comp_single[lh]) for lh in heads)
                  for label, heads in (("previous-token", prev_before), ("strongest control", control_heads))}
     display(Markdown(
         f"Of these {len(comp_single)} heads (the previous-token heads and the strongest control set; no other head "
         f"was ablated alone), those that remove at least {min_drop:.0%} of the score by themselves (the verdict's "
         "line, used here only to name them): "
         + (", ".join(f"{name(*lh)} ({'previous-token' if lh in prev_before else 'control'}, "
-                     f"{pct(1 - comp_single[lh] / comp_clean)})" for lh in big) or "none")
-        + f". The previous-token set removes {pct(1 - comp_prev / comp_clean)} together and "
+                     f"{pct(drop(comp_single[lh]))})" for lh in big) or "none")
+        + f". The previous-token set removes {pct(drop(comp_prev))} together and "
         f"{pct(alone_sum['previous-token'])} summed one at a time; the strongest control set "
-        f"{pct(1 - comp_ctrl / comp_clean)} together and {pct(alone_sum['strongest control'])} summed."
+        f"{pct(drop(comp_ctrl))} together and {pct(alone_sum['strongest control'])} summed."
     ))
 
 
@@ -765,7 +765,7 @@ results.record(
            "control_sets": [[name(*lh) for lh in heads] for heads in control_sets],
            "induction_score_each_control_ablated": comp_ctrl_each,
            "induction_score_one_head_ablated": {name(*lh): v for lh, v in comp_single.items()},
-           "verdict_with_other_control_draws": {str(k): v for k, (v, _) in draw_checks.items()},
+           "verdict_with_other_control_draws": {str(k): v for k, (v, _) in draw_checks.items() if k != seed},
            "share_of_control_sets_removing_min_drop": share_big,
            "n_sequences": int(comp_tokens.shape[0])},
     verdict=v_compose,
